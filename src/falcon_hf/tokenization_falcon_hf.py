@@ -1,0 +1,130 @@
+"""Falcon-RW's GPT-2 style byte-level BPE tokenizer, on the `tokenizers` library."""
+
+import json
+import os
+
+from tokenizers import Tokenizer, decoders, pre_tokenizers
+from tokenizers.models import BPE
+from transformers.tokenization_utils_tokenizers import TokenizersBackend
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+END_OF_TEXT = "<|endoftext|>"
+VOCAB_FILES_NAMES = {"vocab_file": "vocab.json", "merges_file": "merges.txt"}
+
+
+def read_vocab(vocab: str | os.PathLike | dict[str, int]) -> dict[str, int]:
+    """A vocabulary dict, from a dict or a JSON file (HF `vocab.json` or keras-hub `vocabulary.json`)."""
+    if isinstance(vocab, dict):
+        return dict(vocab)
+    with open(vocab, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def read_merges(merges: str | os.PathLike | list) -> list[tuple[str, str]]:
+    """Merge rules as pairs, from a list of `"a b"` strings / pairs or a `merges.txt` (its `#version` line skipped)."""
+    if isinstance(merges, (str, os.PathLike)):
+        with open(merges, encoding="utf-8") as file:
+            merges = [line.rstrip("\n") for line in file if line.strip() and not line.startswith("#version")]
+    return [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in merges]
+
+
+def usable_merges(vocab: dict[str, int], merges: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop merges whose pieces or result are not in the vocabulary, warning once with the count.
+
+    keras-hub raises on such merges; its own documentation builds a tokenizer from exactly such a vocabulary.
+    """
+    kept = [pair for pair in merges if pair[0] in vocab and pair[1] in vocab and pair[0] + pair[1] in vocab]
+    if len(kept) < len(merges):
+        logger.warning(
+            f"Dropped {len(merges) - len(kept)} of {len(merges)} BPE merges whose pieces or result are missing from "
+            "the vocabulary."
+        )
+    return kept
+
+
+class FalconHFTokenizer(TokenizersBackend):
+    """Byte-level BPE exactly as GPT-2 (and so Falcon-RW) tokenizes, with `<|endoftext|>` as bos, eos, unk and pad.
+
+    It gives the same ids as transformers' `GPT2Tokenizer` on the same vocabulary and merges. keras-hub 0.32's
+    `FalconTokenizer` gives the same ids too, except on runs of two or more whitespace characters: its split pattern
+    reaches the `tokenizers` library as literal text, so it never pre-splits, and `"a  b"` becomes `"a", "Ġ", "Ġb"` here
+    (GPT-2's rule keeps the last space with the word) but may merge differently there.
+
+    Padding uses `<|endoftext|>` (keras-hub pads with id 0, a real token, and relies on the mask alone). Whether the
+    start token is prepended is the `add_bos_token` setting; tokenizers converted from a Keras preset keep the
+    preprocessor's choice (keras-hub prepends it), so the HF pipeline sees the prompt ids keras-hub's `generate` sees.
+
+    Example:
+
+    ```python
+    >>> vocab = {"<|endoftext|>": 0, "a": 1, "Ġ": 2, "q": 3, "u": 4, "i": 5, "c": 6, "k": 7, "Ġq": 8, "Ġquick": 9,
+    ...          "ui": 10, "ck": 11, "uick": 12}
+    >>> merges = ["Ġ q", "u i", "c k", "ui ck", "Ġq uick"]
+    >>> tokenizer = FalconHFTokenizer(vocab=vocab, merges=merges, add_bos_token=True)
+    >>> tokenizer("a quick")["input_ids"]
+    [0, 1, 9]
+    ```
+    """
+
+    vocab_files_names = VOCAB_FILES_NAMES
+    model_input_names = ["input_ids", "attention_mask"]
+    model = BPE
+
+    def __init__(
+        self,
+        vocab: str | dict[str, int] | None = None,
+        merges: str | list | None = None,
+        errors: str = "replace",
+        unk_token: str = END_OF_TEXT,
+        bos_token: str = END_OF_TEXT,
+        eos_token: str = END_OF_TEXT,
+        pad_token: str = END_OF_TEXT,
+        add_bos_token: bool = False,
+        add_eos_token: bool = False,
+        **kwargs,
+    ):
+        vocab = read_vocab(vocab if vocab is not None else kwargs.pop("vocab_file", {}) or {})
+        merges = usable_merges(vocab, read_merges(merges if merges is not None else kwargs.pop("merges_file", [])))
+        self._vocab, self._merges = vocab, merges
+        self._tokenizer = Tokenizer(
+            BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="", end_of_word_suffix="",
+                fuse_unk=False)
+        )
+        self._tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        self._tokenizer.decoder = decoders.ByteLevel()
+        kwargs.pop("add_prefix_space", None)  # GPT-2's rule: no prefix space, ever
+        super().__init__(
+            errors=errors,
+            unk_token=unk_token,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            pad_token=pad_token,
+            add_bos_token=add_bos_token,
+            add_eos_token=add_eos_token,
+            add_prefix_space=False,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_vocab_and_merges(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike, **kwargs):
+        """Build from a vocabulary JSON (`vocab.json` or keras-hub's `vocabulary.json`) and a `merges.txt`."""
+        return cls(vocab=read_vocab(vocab_path), merges=read_merges(merges_path), **kwargs)
+
+    @classmethod
+    def from_keras_preset(cls, preset: str) -> "FalconHFTokenizer":
+        """The tokenizer of a Keras Hub Falcon preset (folder, `kaggle://`, `hf://` or built-in name).
+
+        Example:
+
+        ```python
+        >>> tokenizer = FalconHFTokenizer.from_keras_preset("tiny_shakespeare")
+        ```
+        """
+        from .conversion import load_tokenizer_from_keras_preset
+
+        return load_tokenizer_from_keras_preset(preset)
+
+
+__all__ = ["FalconHFTokenizer"]
