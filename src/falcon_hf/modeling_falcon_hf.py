@@ -5,6 +5,7 @@ The computation is exactly keras-hub's `FalconBackbone` / `FalconCausalLM`; the 
 """
 
 import copy
+import importlib
 import math
 from collections.abc import Callable
 
@@ -346,9 +347,8 @@ class FalconHFForCausalLM(FalconHFPreTrainedModel, GenerationMixin):
         >>> model = FalconHFForCausalLM.from_keras_preset("tiny_shakespeare")
         ```
         """
-        from .conversion import load_model_from_keras_preset
-
-        return load_model_from_keras_preset(preset, dtype=dtype, model_class=cls)
+        # The converter lives in the installed plugin: `trust_remote_code` copies of this file do not carry it.
+        return importlib.import_module("falcon_hf.conversion").load_model_from_keras_preset(preset, dtype=dtype, model_class=cls)
 
     @can_return_tuple
     def forward(

@@ -1,5 +1,6 @@
 """Falcon-RW's GPT-2 style byte-level BPE tokenizer, on the `tokenizers` library."""
 
+import importlib
 import json
 import os
 
@@ -44,13 +45,22 @@ def usable_merges(vocab: dict[str, int], merges: list[tuple[str, str]]) -> list[
     return kept
 
 
+def template_adds_bos(post_processor) -> bool:
+    """Whether a saved `TemplateProcessing` post-processor starts single sequences with a special token."""
+    if post_processor is None:
+        return False
+    template = json.loads(post_processor.__getstate__())
+    return template.get("type") == "TemplateProcessing" and "SpecialToken" in template["single"][0]
+
+
 class FalconHFTokenizer(TokenizersBackend):
     """Byte-level BPE exactly as GPT-2 (and so Falcon-RW) tokenizes, with `<|endoftext|>` as bos, eos, unk and pad.
 
     It gives the same ids as transformers' `GPT2Tokenizer` on the same vocabulary and merges. keras-hub 0.32's
-    `FalconTokenizer` gives the same ids too, except on runs of two or more whitespace characters: its split pattern
-    reaches the `tokenizers` library as literal text, so it never pre-splits, and `"a  b"` becomes `"a", "Ġ", "Ġb"` here
-    (GPT-2's rule keeps the last space with the word) but may merge differently there.
+    `FalconTokenizer` gives the same ids too, except where GPT-2's pre-tokenizer splits and keras-hub does not (its split
+    pattern reaches the `tokenizers` library as literal text, so it never pre-splits): runs of two or more whitespace
+    characters (`"a  b"` is `"a", "Ġ", "Ġb"` here, GPT-2 keeps the last space with the word; a `"Ġ Ġ"` merge gives
+    `"a", "ĠĠ", "b"` there) and contractions glued to letters (`"go'st"` is `"go", "'s", "t"` here).
 
     Padding uses `<|endoftext|>` (keras-hub pads with id 0, a real token, and relies on the mask alone). Whether the
     start token is prepended is the `add_bos_token` setting; tokenizers converted from a Keras preset keep the
@@ -81,7 +91,7 @@ class FalconHFTokenizer(TokenizersBackend):
         bos_token: str = END_OF_TEXT,
         eos_token: str = END_OF_TEXT,
         pad_token: str = END_OF_TEXT,
-        add_bos_token: bool = False,
+        add_bos_token: bool | None = None,
         add_eos_token: bool = False,
         **kwargs,
     ):
@@ -95,6 +105,8 @@ class FalconHFTokenizer(TokenizersBackend):
         self._tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         self._tokenizer.decoder = decoders.ByteLevel()
         kwargs.pop("add_prefix_space", None)  # GPT-2's rule: no prefix space, ever
+        if add_bos_token is None:  # reloading: transformers keeps this setting in tokenizer.json's post-processor
+            add_bos_token = template_adds_bos(kwargs.get("post_processor"))
         super().__init__(
             errors=errors,
             unk_token=unk_token,
@@ -106,6 +118,23 @@ class FalconHFTokenizer(TokenizersBackend):
             add_prefix_space=False,
             **kwargs,
         )
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, str]:
+        """Write GPT-2 style `vocab.json` and `merges.txt` next to `tokenizer.json`, for tools that read those."""
+        model = json.loads(self._tokenizer.to_str())["model"]
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        vocab_path = os.path.join(save_directory, prefix + VOCAB_FILES_NAMES["vocab_file"])
+        merges_path = os.path.join(save_directory, prefix + VOCAB_FILES_NAMES["merges_file"])
+        with open(vocab_path, "w", encoding="utf-8") as file:
+            json.dump(model["vocab"], file, ensure_ascii=False)
+        with open(merges_path, "w", encoding="utf-8") as file:
+            file.write("#version: 0.2\n")
+            file.writelines(" ".join(merge) + "\n" for merge in model["merges"])
+        return vocab_path, merges_path
+
+    def _save_pretrained(self, save_directory, file_names, legacy_format=None, filename_prefix=None):
+        saved = super()._save_pretrained(save_directory, file_names, legacy_format, filename_prefix)
+        return tuple(saved) + self.save_vocabulary(str(save_directory), filename_prefix)
 
     @classmethod
     def from_vocab_and_merges(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike, **kwargs):
@@ -122,9 +151,8 @@ class FalconHFTokenizer(TokenizersBackend):
         >>> tokenizer = FalconHFTokenizer.from_keras_preset("tiny_shakespeare")
         ```
         """
-        from .conversion import load_tokenizer_from_keras_preset
-
-        return load_tokenizer_from_keras_preset(preset)
+        # The converter lives in the installed plugin: `trust_remote_code` copies of this file do not carry it.
+        return importlib.import_module("falcon_hf.conversion").load_tokenizer_from_keras_preset(preset)
 
 
 __all__ = ["FalconHFTokenizer"]

@@ -1,0 +1,141 @@
+"""Shared fixtures: tiny random Falcon models and presets built on the spot (nothing is downloaded)."""
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "torch")  # keras-hub references run on torch, before any keras import
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+END_OF_TEXT = "<|endoftext|>"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow (full size)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text() -> str:
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe(shakespeare_text) -> tuple[dict[str, int], list[str]]:
+    """A GPT-2 style byte-level BPE (vocab ~400) trained on Shakespeare, `<|endoftext|>` last as in GPT-2."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([shakespeare_text[:100_000]], vocab_size=400, show_progress=False)
+    model = json.loads(bpe._tokenizer.to_str())["model"]
+    vocab = dict(model["vocab"])
+    vocab[END_OF_TEXT] = len(vocab)
+    merges = [" ".join(merge) if isinstance(merge, list) else merge for merge in model["merges"]]
+    return vocab, merges
+
+
+def tiny_config_kwargs(**overrides) -> dict:
+    """HF-spelled sizes of a tiny Falcon; vocab 448 holds the tiny BPE's 401 tokens (rows beyond are unused)."""
+    return {
+        "vocab_size": 448,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "bos_token_id": 400,
+        "eos_token_id": 400,
+        "pad_token_id": 400,
+        **overrides,
+    }
+
+
+@pytest.fixture
+def tiny_config():
+    from falcon_hf import FalconHFConfig
+
+    return FalconHFConfig(**tiny_config_kwargs())
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    from falcon_hf import FalconHFForCausalLM
+
+    return FalconHFForCausalLM(tiny_config).eval()
+
+
+@pytest.fixture
+def tiny_tokenizer(tiny_bpe):
+    from falcon_hf import FalconHFTokenizer
+
+    vocab, merges = tiny_bpe
+    return FalconHFTokenizer(vocab=vocab, merges=merges, add_bos_token=True)
+
+
+def build_keras_causal_lm(tiny_bpe, seed: int = 0, sequence_length: int = 32, **backbone_overrides):
+    """A random-weight keras-hub `FalconCausalLM` with the tiny BPE, compiled with greedy sampling."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(seed)
+    vocab, merges = tiny_bpe
+    backbone_kwargs = {
+        "vocabulary_size": 448,
+        "num_layers": 2,
+        "num_attention_heads": 4,
+        "hidden_dim": 32,
+        "intermediate_dim": 128,
+        **backbone_overrides,
+    }
+    backbone = keras_hub.models.FalconBackbone(**backbone_kwargs)
+    randomize_layer_norms(backbone)
+    tokenizer = keras_hub.models.FalconTokenizer(vocabulary=vocab, merges=merges)
+    preprocessor = keras_hub.models.FalconCausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
+    causal_lm = keras_hub.models.FalconCausalLM(backbone=backbone, preprocessor=preprocessor)
+    causal_lm.compile(sampler="greedy")
+    return causal_lm
+
+
+def randomize_layer_norms(backbone):
+    """LayerNorms start at gamma=1, beta=0, which would hide a gamma/beta swap in a converter."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for variable in backbone.weights:
+        if "layer_norm" in variable.path or "layernorm" in variable.path:
+            variable.assign(variable.numpy() + rng.normal(0, 0.1, variable.shape).astype(variable.dtype))
+
+
+@pytest.fixture(scope="session")
+def make_keras_preset(tmp_path_factory, tiny_bpe):
+    """Factory: save a random keras-hub Falcon preset (backbone sizes overridable) and return its folder."""
+
+    def make(name: str = "tiny_falcon", **backbone_overrides) -> Path:
+        path = tmp_path_factory.mktemp("keras_presets") / name
+        build_keras_causal_lm(tiny_bpe, **backbone_overrides).save_to_preset(str(path))
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def keras_preset(make_keras_preset) -> Path:
+    """The default tiny random keras-hub Falcon preset (4 heads, 2 layers, hidden 32)."""
+    return make_keras_preset()
