@@ -81,6 +81,7 @@ class FalconHFTokenizer(TokenizersBackend):
     vocab_files_names = VOCAB_FILES_NAMES
     model_input_names = ["input_ids", "attention_mask"]
     model = BPE
+    padding_side = "left"  # decoder-only generation continues after the prompt
 
     def __init__(
         self,

@@ -1,0 +1,207 @@
+"""The JSON side of a Keras Hub Falcon preset: config validation, config translation, tokenizer and preprocessor files.
+
+Only this module (with `keras_h5.py`) knows keras-hub's spellings (`hidden_dim`, `num_layers`, ...). Every file is
+parsed with `json` alone; nothing is unpickled and no Keras class is imported.
+"""
+
+import datetime
+import importlib.metadata
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..configuration_falcon_hf import KERAS_DECODER_LAYER_NORM_EPSILON, FalconHFConfig
+from .errors import ConversionError
+
+CONFIG_FILE = "config.json"
+TASK_FILE = "task.json"
+PREPROCESSOR_FILE = "preprocessor.json"
+TOKENIZER_FILE = "tokenizer.json"
+METADATA_FILE = "metadata.json"
+TOKENIZER_ASSETS = Path("assets") / "tokenizer"
+VOCABULARY_FILE = "vocabulary.json"
+MERGES_FILE = "merges.txt"
+END_OF_TEXT = "<|endoftext|>"
+
+BACKBONE_CLASS = "FalconBackbone"
+PREPROCESSOR_CLASS = "FalconCausalLMPreprocessor"
+FALCON_MODULE = "keras_hub.src.models.falcon"
+KERAS_TO_HF_CONFIG = {
+    "vocabulary_size": "vocab_size",
+    "num_layers": "num_hidden_layers",
+    "num_attention_heads": "num_attention_heads",
+    "hidden_dim": "hidden_size",
+    "intermediate_dim": "intermediate_size",
+    "layer_norm_epsilon": "layer_norm_epsilon",
+    "attention_dropout_rate": "attention_dropout",
+    "feedforward_dropout_rate": "hidden_dropout",
+}
+REQUIRED_KERAS_KEYS = ("vocabulary_size", "num_layers", "num_attention_heads", "hidden_dim", "intermediate_dim")
+KERAS_LAYER_KEYS = {"name", "trainable", "dtype"}
+KERAS_PREPROCESSOR_DEFAULTS = {"sequence_length": 1024, "add_start_token": True, "add_end_token": True}
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; a missing or malformed file is a `ConversionError` naming it."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            value = json.load(file)
+    except FileNotFoundError as error:
+        raise ConversionError(f"{path}: file not found.") from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConversionError(f"{path}: not valid JSON ({error}).") from error
+    if not isinstance(value, dict):
+        raise ConversionError(f"{path}: expected a JSON object, got {type(value).__name__}.")
+    return value
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Write `value` the way keras-hub's `save_to_preset` does: 4-space indent, no trailing newline."""
+    path.write_text(json.dumps(value, indent=4), encoding="utf-8")
+
+
+def read_backbone_config(preset_dir: Path) -> dict:
+    """The `config` of the preset's `config.json`, refused unless it is a keras-hub `FalconBackbone`."""
+    path = preset_dir / CONFIG_FILE
+    serialized = read_json(path)
+    if "model_type" in serialized:
+        raise ConversionError(f"{path}: a transformers config (model_type={serialized['model_type']!r}), "
+                              "not a Keras preset.")
+    class_name = serialized.get("class_name")
+    if class_name != BACKBONE_CLASS:
+        raise ConversionError(f"{path}: describes a {class_name!r} model, not a keras-hub {BACKBONE_CLASS}; only "
+                              "Falcon presets can be converted.")
+    config = serialized.get("config")
+    if not isinstance(config, dict):
+        raise ConversionError(f"{path}: has no 'config' object.")
+    return config
+
+
+def _check_backbone_config(config: dict, path: Path) -> None:
+    unknown = sorted(set(config) - set(KERAS_TO_HF_CONFIG) - KERAS_LAYER_KEYS)
+    if unknown:
+        raise ConversionError(f"{path}: unknown FalconBackbone settings {unknown}; this converter does not know "
+                              "how to carry them over.")
+    for key in REQUIRED_KERAS_KEYS:
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConversionError(f"{path}: '{key}' must be a positive integer, got {value!r}.")
+
+
+def hf_config_from_keras(backbone_config: dict, end_of_text_id: int, path: Path) -> FalconHFConfig:
+    """`FalconHFConfig` for a FalconBackbone config; `<|endoftext|>` is bos, eos and pad, as in keras-hub."""
+    _check_backbone_config(backbone_config, path)
+    fields = {hf: backbone_config[keras] for keras, hf in KERAS_TO_HF_CONFIG.items() if keras in backbone_config}
+    try:
+        return FalconHFConfig(
+            **fields,
+            # keras-hub never passes `layer_norm_epsilon` to its decoder blocks; they always use 1e-5.
+            decoder_layer_norm_epsilon=KERAS_DECODER_LAYER_NORM_EPSILON,
+            bos_token_id=end_of_text_id,
+            eos_token_id=end_of_text_id,
+            pad_token_id=end_of_text_id,
+            tie_word_embeddings=True,
+        )
+    except (TypeError, ValueError) as error:
+        raise ConversionError(f"{path}: {error}") from error
+
+
+def keras_backbone_config(config: FalconHFConfig, dtype: str, name: str = "falcon_backbone") -> dict:
+    """The serialized FalconBackbone (`config.json`) for `config`, with weights stored in `dtype`."""
+    if not math.isclose(config.decoder_layer_norm_epsilon, KERAS_DECODER_LAYER_NORM_EPSILON, rel_tol=1e-9):
+        raise ConversionError(f"decoder_layer_norm_epsilon={config.decoder_layer_norm_epsilon} cannot be exported: "
+                              f"keras-hub's Falcon blocks always use {KERAS_DECODER_LAYER_NORM_EPSILON}.")
+    settings = {keras: getattr(config, hf) for keras, hf in KERAS_TO_HF_CONFIG.items()}
+    return _serialized("falcon_backbone", BACKBONE_CLASS, {
+        "name": name, "trainable": True, "dtype": _dtype_policy(dtype), **settings})
+
+
+def _dtype_policy(name: str) -> dict:
+    return {"module": "keras", "class_name": "DTypePolicy", "config": {"name": name}, "registered_name": None}
+
+
+def _serialized(module: str, class_name: str, config: dict) -> dict:
+    return {"module": f"{FALCON_MODULE}.{module}", "class_name": class_name, "config": config,
+            "registered_name": f"keras_hub>{class_name}"}
+
+
+@dataclass(frozen=True)
+class PreprocessorSettings:
+    """What keras-hub's `FalconCausalLMPreprocessor` does around the tokenizer."""
+
+    sequence_length: int = KERAS_PREPROCESSOR_DEFAULTS["sequence_length"]
+    add_start_token: bool = KERAS_PREPROCESSOR_DEFAULTS["add_start_token"]
+    add_end_token: bool = KERAS_PREPROCESSOR_DEFAULTS["add_end_token"]
+
+
+def read_preprocessor_settings(preset_dir: Path) -> PreprocessorSettings:
+    """The preset's preprocessor choices; keras-hub's defaults when it has no `preprocessor.json`."""
+    path = preset_dir / PREPROCESSOR_FILE
+    if not path.exists():
+        return PreprocessorSettings()
+    serialized = read_json(path)
+    if serialized.get("class_name") != PREPROCESSOR_CLASS:
+        raise ConversionError(f"{path}: describes a {serialized.get('class_name')!r}, not a {PREPROCESSOR_CLASS}.")
+    config = serialized.get("config") or {}
+    settings = {key: config.get(key, default) for key, default in KERAS_PREPROCESSOR_DEFAULTS.items()}
+    if settings["sequence_length"] is None:
+        settings["sequence_length"] = KERAS_PREPROCESSOR_DEFAULTS["sequence_length"]
+    return PreprocessorSettings(**settings)
+
+
+def read_tokenizer_assets(preset_dir: Path) -> tuple[dict[str, int], list[str]]:
+    """The BPE vocabulary and merges (`"a b"` strings) of `assets/tokenizer/`."""
+    vocab_path = preset_dir / TOKENIZER_ASSETS / VOCABULARY_FILE
+    merges_path = preset_dir / TOKENIZER_ASSETS / MERGES_FILE
+    vocab = read_json(vocab_path)
+    if END_OF_TEXT not in vocab:
+        raise ConversionError(f"{vocab_path}: has no {END_OF_TEXT} token.")
+    if not all(isinstance(index, int) for index in vocab.values()):
+        raise ConversionError(f"{vocab_path}: token ids must be integers.")
+    try:
+        lines = merges_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConversionError(f"{merges_path}: cannot be read ({error}).") from error
+    return vocab, [line for line in lines if line.strip() and not line.startswith("#version")]
+
+
+def read_metadata(preset_dir: Path) -> dict:
+    """`metadata.json` (Keras and keras-hub versions, parameter count, save date), or {} if the preset has none."""
+    path = preset_dir / METADATA_FILE
+    return read_json(path) if path.exists() else {}
+
+
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def write_keras_preset_files(dst: Path, backbone: dict, preprocessor: PreprocessorSettings, vocab: dict[str, int],
+                             merges: list[str], parameter_count: int) -> None:
+    """Write everything but the weights exactly as keras-hub's `FalconCausalLM.save_to_preset` does."""
+    tokenizer = _serialized("falcon_tokenizer", "FalconTokenizer", {
+        "name": "falcon_tokenizer", "trainable": True, "dtype": _dtype_policy("int32"), "config_file": TOKENIZER_FILE,
+        "sequence_length": None, "add_prefix_space": False, "unsplittable_tokens": [END_OF_TEXT]})
+    preprocessor_json = _serialized("falcon_causal_lm_preprocessor", PREPROCESSOR_CLASS, {
+        "name": "falcon_causal_lm_preprocessor", "trainable": True, "dtype": _dtype_policy("float32"),
+        "tokenizer": tokenizer, "config_file": PREPROCESSOR_FILE, "sequence_length": preprocessor.sequence_length,
+        "add_start_token": preprocessor.add_start_token, "add_end_token": preprocessor.add_end_token})
+    task = _serialized("falcon_causal_lm", "FalconCausalLM", {
+        "backbone": backbone, "preprocessor": preprocessor_json, "name": "falcon_causal_lm"})
+    metadata = {
+        "keras_version": _installed_version("keras"),
+        "keras_hub_version": _installed_version("keras-hub"),
+        "parameter_count": parameter_count,
+        "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
+        "tasks": ["CausalLM"],
+    }
+    for name, value in ((TASK_FILE, task), (CONFIG_FILE, backbone), (METADATA_FILE, metadata),
+                        (PREPROCESSOR_FILE, preprocessor_json), (TOKENIZER_FILE, tokenizer)):
+        write_json(dst / name, value)
+    assets = dst / TOKENIZER_ASSETS
+    assets.mkdir(parents=True)
+    (assets / VOCABULARY_FILE).write_text(json.dumps(vocab), encoding="utf-8")
+    (assets / MERGES_FILE).write_text("".join(f"{merge}\n" for merge in merges), encoding="utf-8")
