@@ -1,7 +1,10 @@
-"""Shared fixtures: tiny random Falcon models and presets built on the spot (nothing is downloaded)."""
+"""Shared fixtures: tiny random Falcon models and presets built on the spot (nothing is downloaded).
+
+`--runslow` also runs the tests marked `slow` (full-size or multi-minute work)."""
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # keras-hub references run on torch, before any keras import
@@ -16,6 +19,10 @@ END_OF_TEXT = "<|endoftext|>"
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow (full size)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: full-size or multi-minute tests; run with --runslow")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -89,8 +96,12 @@ def tiny_tokenizer(tiny_bpe):
     return FalconHFTokenizer(vocab=vocab, merges=merges, add_bos_token=True)
 
 
-def build_keras_causal_lm(tiny_bpe, seed: int = 0, sequence_length: int = 32, **backbone_overrides):
-    """A random-weight keras-hub `FalconCausalLM` with the tiny BPE, compiled with greedy sampling."""
+def build_keras_causal_lm(tiny_bpe, seed: int = 0, sequence_length: int = 32, dtype: str | None = None,
+                          perturb=None, **backbone_overrides):
+    """A random-weight keras-hub `FalconCausalLM` with the tiny BPE, compiled with greedy sampling.
+
+    `perturb(backbone)` changes the initial weights (default: `randomize_layer_norms`); `dtype` is the backbone's.
+    """
     import keras
     import keras_hub
 
@@ -104,8 +115,8 @@ def build_keras_causal_lm(tiny_bpe, seed: int = 0, sequence_length: int = 32, **
         "intermediate_dim": 128,
         **backbone_overrides,
     }
-    backbone = keras_hub.models.FalconBackbone(**backbone_kwargs)
-    randomize_layer_norms(backbone)
+    backbone = keras_hub.models.FalconBackbone(**backbone_kwargs, dtype=dtype)
+    (perturb or randomize_layer_norms)(backbone)
     tokenizer = keras_hub.models.FalconTokenizer(vocabulary=vocab, merges=merges)
     preprocessor = keras_hub.models.FalconCausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
     causal_lm = keras_hub.models.FalconCausalLM(backbone=backbone, preprocessor=preprocessor)
@@ -123,13 +134,24 @@ def randomize_layer_norms(backbone):
             variable.assign(variable.numpy() + rng.normal(0, 0.1, variable.shape).astype(variable.dtype))
 
 
+def randomize_every_weight(backbone):
+    """Every variable random (LayerNorm gammas around 1): zero biases would also hide a q/k/v bias mix-up."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for variable in backbone.weights:
+        values = rng.normal(0.0, 0.2, tuple(variable.shape)) + (1.0 if "gamma" in variable.path else 0.0)
+        variable.assign(values.astype("float32"))
+
+
 @pytest.fixture(scope="session")
 def make_keras_preset(tmp_path_factory, tiny_bpe):
-    """Factory: save a random keras-hub Falcon preset (backbone sizes overridable) and return its folder."""
+    """Factory: save a random keras-hub Falcon preset (backbone sizes, `dtype`, `perturb` overridable) and return its
+    folder."""
 
-    def make(name: str = "tiny_falcon", **backbone_overrides) -> Path:
+    def make(name: str = "tiny_falcon", **overrides) -> Path:
         path = tmp_path_factory.mktemp("keras_presets") / name
-        build_keras_causal_lm(tiny_bpe, **backbone_overrides).save_to_preset(str(path))
+        build_keras_causal_lm(tiny_bpe, **overrides).save_to_preset(str(path))
         return path
 
     return make
@@ -139,3 +161,50 @@ def make_keras_preset(tmp_path_factory, tiny_bpe):
 def keras_preset(make_keras_preset) -> Path:
     """The default tiny random keras-hub Falcon preset (4 heads, 2 layers, hidden 32)."""
     return make_keras_preset()
+
+
+@pytest.fixture(scope="session")
+def tiny_keras_preset(make_keras_preset) -> Path:
+    """A float32 tiny preset with every weight random, as keras-hub saves it. Read-only: copy it to change it."""
+    return make_keras_preset("tiny_falcon_random", perturb=randomize_every_weight)
+
+
+@pytest.fixture(scope="session")
+def tiny_keras_preset_bf16(make_keras_preset) -> Path:
+    """The same in bfloat16 (2-byte datasets marked `dtype="bfloat16"`). Read-only."""
+    return make_keras_preset("tiny_falcon_random_bf16", dtype="bfloat16", perturb=randomize_every_weight)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_folder(tiny_keras_preset, tmp_path_factory) -> Path:
+    """`tiny_keras_preset` converted by `convert_keras_preset` (float32). Read-only."""
+    from falcon_hf.conversion import convert_keras_preset
+
+    return convert_keras_preset(tiny_keras_preset, tmp_path_factory.mktemp("hf") / "tiny_falcon_hf")
+
+
+@pytest.fixture
+def kagglehub_cache(tmp_path, monkeypatch, tiny_keras_preset) -> Path:
+    """The tiny preset where kagglehub caches `falcon_refinedweb_1b_en` version 2, with downloads turned off.
+
+    Returns the preset's folder in the cache: `$KAGGLEHUB_CACHE/models/keras/falcon/keras/falcon_refinedweb_1b_en/2`.
+    """
+    cache = tmp_path / "kagglehub"
+    folder = cache / "models" / "keras" / "falcon" / "keras" / "falcon_refinedweb_1b_en" / "2"
+    shutil.copytree(tiny_keras_preset, folder)
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return folder
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for a tiny-model test (`pytestmark = pytest.mark.usefixtures("single_thread")`): on a shared,
+    busy CPU, thread hand-offs cost more than the tiny matmuls (layer norms of a few hundred floats took ~15 ms with 2
+    threads under load, ~0.1 ms with one)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,7 +16,9 @@ Example:
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from .configuration_falcon_hf import FalconHFConfig
+from .conversion import ConversionError, convert_keras_preset, export_keras_preset, export_native
 from .modeling_falcon_hf import FalconHFForCausalLM, FalconHFModel, FalconHFPreTrainedModel
+from .peft_integration import register_peft_targets
 from .tokenization_falcon_hf import FalconHFTokenizer
 
 __version__ = "0.1.0"
@@ -33,11 +35,28 @@ def register() -> None:
     FalconHFModel.register_for_auto_class("AutoModel")
     FalconHFForCausalLM.register_for_auto_class("AutoModelForCausalLM")
     FalconHFTokenizer.register_for_auto_class("AutoTokenizer")
+    register_peft_targets()  # peft's default LoRA targets for `falcon_hf`; a no-op without peft
 
 
 register()
 
+LAZY_SUBMODULES = ("models", "samplers")
+"""keras-hub style `falcon_hf.models.FalconCausalLM` / `falcon_hf.samplers.TopKSampler`, imported on first use."""
+
+
+def __getattr__(name: str):
+    if name in LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "ConversionError",
+    "convert_keras_preset",
+    "export_keras_preset",
+    "export_native",
     "FalconHFConfig",
     "FalconHFForCausalLM",
     "FalconHFModel",

@@ -29,13 +29,12 @@ import numpy as np
 import torch
 
 from .errors import ConversionError
-from .keras_preset import read_json
+from .json_files import read_json
 from .rules import KERAS_BLOCK_CLASS_GROUP, keras_block_group
 
 WEIGHTS_FILE = "model.weights.h5"
 SHARDED_WEIGHTS_INDEX = "model.weights.json"
 LAYERS_GROUP = "layers"
-LEGACY_LAYERS_GROUP = "_layer_checkpoint_dependencies"  # Keras 2.13-era name; Keras 3 still reads it as `layers`
 BLOCK_GROUP = re.compile(re.escape(KERAS_BLOCK_CLASS_GROUP.split("/")[-1]) + r"(?:_(\d+))?")
 BLOCK_LAYER_NAME = re.compile(r"transformer_layer_(\d+)")
 BFLOAT16 = "bfloat16"
@@ -99,8 +98,9 @@ class KerasWeights:
     ```
     """
 
-    def __init__(self, files: list[Path]):
+    def __init__(self, files: list[Path], source: Path):
         self.files = files
+        self.source = source
         self._handles: list[h5py.File] = []
         self._datasets: dict[str, tuple[Path, h5py.Dataset]] = {}
         try:
@@ -112,7 +112,8 @@ class KerasWeights:
 
     @classmethod
     def open(cls, preset_dir: Path) -> "KerasWeights":
-        return cls(find_weight_files(preset_dir))
+        files = find_weight_files(preset_dir)
+        return cls(files, files[0] if files[0].name == WEIGHTS_FILE else preset_dir / SHARDED_WEIGHTS_INDEX)
 
     def __enter__(self) -> "KerasWeights":
         return self
@@ -149,14 +150,17 @@ class KerasWeights:
     @staticmethod
     def _canonical(handle: h5py.File, name: str) -> str:
         parts = name.split("/")
-        if len(parts) < 3 or parts[0] not in (LAYERS_GROUP, LEGACY_LAYERS_GROUP):
+        if len(parts) < 3 or parts[0] != LAYERS_GROUP:
             return name
         block = _block_index(parts[1], handle[f"{parts[0]}/{parts[1]}"])
-        prefix = keras_block_group(block) if block is not None else f"{LAYERS_GROUP}/{parts[1]}"
+        prefix = keras_block_group(block) if block is not None else "/".join(parts[:2])
         return "/".join([prefix, *parts[2:]])
 
-    def paths(self) -> list[str]:
+    def names(self) -> list[str]:
         return sorted(self._datasets)
+
+    def file_of(self, path: str) -> Path:
+        return self._datasets[path][0]
 
     def where(self, path: str) -> str:
         """`file: weight 'path'` for error messages, naming the real h5 path when it differs from the canonical one."""

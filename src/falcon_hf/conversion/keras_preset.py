@@ -11,8 +11,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub.errors import StrictDataclassError
+
 from ..configuration_falcon_hf import KERAS_DECODER_LAYER_NORM_EPSILON, FalconHFConfig
 from .errors import ConversionError
+from .json_files import read_json, write_json
 
 CONFIG_FILE = "config.json"
 TASK_FILE = "task.json"
@@ -28,37 +31,19 @@ BACKBONE_CLASS = "FalconBackbone"
 PREPROCESSOR_CLASS = "FalconCausalLMPreprocessor"
 FALCON_MODULE = "keras_hub.src.models.falcon"
 KERAS_TO_HF_CONFIG = {
-    "vocabulary_size": "vocab_size",
-    "num_layers": "num_hidden_layers",
-    "num_attention_heads": "num_attention_heads",
-    "hidden_dim": "hidden_size",
-    "intermediate_dim": "intermediate_size",
-    "layer_norm_epsilon": "layer_norm_epsilon",
-    "attention_dropout_rate": "attention_dropout",
-    "feedforward_dropout_rate": "hidden_dropout",
+    "vocabulary_size": ("vocab_size", int),
+    "num_layers": ("num_hidden_layers", int),
+    "num_attention_heads": ("num_attention_heads", int),
+    "hidden_dim": ("hidden_size", int),
+    "intermediate_dim": ("intermediate_size", int),
+    "layer_norm_epsilon": ("layer_norm_epsilon", float),
+    "attention_dropout_rate": ("attention_dropout", float),
+    "feedforward_dropout_rate": ("hidden_dropout", float),
 }
-REQUIRED_KERAS_KEYS = ("vocabulary_size", "num_layers", "num_attention_heads", "hidden_dim", "intermediate_dim")
+"""keras-hub setting -> (FalconHFConfig field, type). The first five are required."""
+REQUIRED_KERAS_KEYS = tuple(list(KERAS_TO_HF_CONFIG)[:5])
 KERAS_LAYER_KEYS = {"name", "trainable", "dtype"}
 KERAS_PREPROCESSOR_DEFAULTS = {"sequence_length": 1024, "add_start_token": True, "add_end_token": True}
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from `path`; a missing or malformed file is a `ConversionError` naming it."""
-    try:
-        with open(path, encoding="utf-8") as file:
-            value = json.load(file)
-    except FileNotFoundError as error:
-        raise ConversionError(f"{path}: file not found.") from error
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConversionError(f"{path}: not valid JSON ({error}).") from error
-    if not isinstance(value, dict):
-        raise ConversionError(f"{path}: expected a JSON object, got {type(value).__name__}.")
-    return value
-
-
-def write_json(path: Path, value: dict) -> None:
-    """Write `value` the way keras-hub's `save_to_preset` does: 4-space indent, no trailing newline."""
-    path.write_text(json.dumps(value, indent=4), encoding="utf-8")
 
 
 def read_backbone_config(preset_dir: Path) -> dict:
@@ -75,6 +60,7 @@ def read_backbone_config(preset_dir: Path) -> dict:
     config = serialized.get("config")
     if not isinstance(config, dict):
         raise ConversionError(f"{path}: has no 'config' object.")
+    _check_backbone_config(config, path)
     return config
 
 
@@ -84,15 +70,20 @@ def _check_backbone_config(config: dict, path: Path) -> None:
         raise ConversionError(f"{path}: unknown FalconBackbone settings {unknown}; this converter does not know "
                               "how to carry them over.")
     for key in REQUIRED_KERAS_KEYS:
-        value = config.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConversionError(f"{path}: '{key}' must be a positive integer, got {value!r}.")
+        if key not in config:
+            raise ConversionError(f"{path}: FalconBackbone setting '{key}' is missing.")
+    for key, (_, kind) in KERAS_TO_HF_CONFIG.items():
+        value = config.get(key, 0)
+        allowed = (int,) if kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise ConversionError(f"{path}: '{key}' must be {'an integer' if kind is int else 'a number'}, "
+                                  f"got {value!r}.")
 
 
 def hf_config_from_keras(backbone_config: dict, end_of_text_id: int, path: Path) -> FalconHFConfig:
-    """`FalconHFConfig` for a FalconBackbone config; `<|endoftext|>` is bos, eos and pad, as in keras-hub."""
-    _check_backbone_config(backbone_config, path)
-    fields = {hf: backbone_config[keras] for keras, hf in KERAS_TO_HF_CONFIG.items() if keras in backbone_config}
+    """`FalconHFConfig` of a validated FalconBackbone config; `<|endoftext|>` is bos, eos and pad, as in keras-hub."""
+    fields = {hf: kind(backbone_config[keras]) for keras, (hf, kind) in KERAS_TO_HF_CONFIG.items()
+              if keras in backbone_config}
     try:
         return FalconHFConfig(
             **fields,
@@ -103,7 +94,7 @@ def hf_config_from_keras(backbone_config: dict, end_of_text_id: int, path: Path)
             pad_token_id=end_of_text_id,
             tie_word_embeddings=True,
         )
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, StrictDataclassError) as error:
         raise ConversionError(f"{path}: {error}") from error
 
 
@@ -112,7 +103,7 @@ def keras_backbone_config(config: FalconHFConfig, dtype: str, name: str = "falco
     if not math.isclose(config.decoder_layer_norm_epsilon, KERAS_DECODER_LAYER_NORM_EPSILON, rel_tol=1e-9):
         raise ConversionError(f"decoder_layer_norm_epsilon={config.decoder_layer_norm_epsilon} cannot be exported: "
                               f"keras-hub's Falcon blocks always use {KERAS_DECODER_LAYER_NORM_EPSILON}.")
-    settings = {keras: getattr(config, hf) for keras, hf in KERAS_TO_HF_CONFIG.items()}
+    settings = {keras: getattr(config, hf) for keras, (hf, _) in KERAS_TO_HF_CONFIG.items()}
     return _serialized("falcon_backbone", BACKBONE_CLASS, {
         "name": name, "trainable": True, "dtype": _dtype_policy(dtype), **settings})
 

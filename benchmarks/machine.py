@@ -1,0 +1,109 @@
+"""What the numbers were measured on: memory bandwidth, cores, memory, library versions, resident memory."""
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import resource
+import time
+
+import psutil
+import torch
+
+GIB = 1024**3
+GEMV_COLUMNS = 4096
+VERSIONED_PACKAGES = ("falcon-hf", "torch", "transformers", "keras", "keras-hub", "numpy")
+
+
+def memory_read_bandwidth(size_bytes: int = GIB, repeats: int = 5) -> dict[str, float]:
+    """GB/s (1e9 bytes/s) streaming a float32 array far larger than the caches, best of `repeats`, two ways.
+
+    `sum` is `torch.sum` over the array; `gemv` is a matrix-vector product over it viewed as (rows, 4096), which is
+    what a batch-1 decode step does with every weight. Both run on torch's threads, as the models do. `bound` is the
+    faster of the two, so that no implementation can beat the roofline derived from it. Best-of rather than median:
+    the bound is what the hardware allows.
+
+    Example:
+
+    ```python
+    >>> memory_read_bandwidth(64 * 1024**2, repeats=2)["bound"] > 0
+    True
+    ```
+    """
+    array = torch.ones(size_bytes // 4, dtype=torch.float32)
+    matrix, vector = array.view(-1, GEMV_COLUMNS), torch.ones(GEMV_COLUMNS)
+    readers = {"sum": array.sum, "gemv": lambda: torch.mv(matrix, vector)}
+    rates = {}
+    for name, read in readers.items():
+        read()  # fault the pages in / set up the kernel before timing
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            read()
+            best = min(best, time.perf_counter() - start)
+        rates[name] = array.numel() * 4 / best / 1e9
+    rates["bound"] = max(rates.values())
+    return rates
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else `platform.processor()`."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages whose speed is measured, plus Python."""
+    found = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def machine_info(bandwidth: dict[str, float], bandwidth_method: str) -> dict:
+    """Cores, threads torch uses, total memory and measured bandwidth, for the report header."""
+    return {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "torch_threads": torch.get_num_threads(),
+        "memory_total_gb": round(psutil.virtual_memory().total / 1e9, 1),
+        "memory_read_bandwidth_gbs": round(bandwidth["bound"], 1),
+        "memory_read_bandwidth_by_method_gbs": {name: round(rate, 1) for name, rate in bandwidth.items()},
+        "memory_read_bandwidth_method": bandwidth_method,
+        "platform": platform.platform(),
+    }
+
+
+def now_iso() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def resident_memory_gb() -> tuple[float, float]:
+    """(current RSS, peak RSS of this program) in GB.
+
+    The peak is Linux's `VmHWM`, the high-water mark of the current address space. `ru_maxrss` would be wrong for
+    spawned workers: Linux carries it across fork and exec, so a worker would report at least its parent's RSS.
+    """
+    current = psutil.Process().memory_info().rss
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return current / 1e9, int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return current / 1e9, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
+
+
+def available_memory_bytes() -> int:
+    return psutil.virtual_memory().available

@@ -1,0 +1,136 @@
+"""The benchmark harness (`benchmarks/bench.py`): its smallest run completes and writes the documented report.
+
+Structure only: no timing is asserted anywhere.
+"""
+
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # `benchmarks/` is a folder of the repository, not part of the installed package
+
+from benchmarks import bench
+from benchmarks.report import main_table, summary_rows, targets
+
+IMPLEMENTATIONS = ("falcon_hf", "transformers", "keras_hub")
+WORKLOADS = ["decode_b1", "decode_b8", "prefill", "train"]
+
+
+def smoke_run(tmp_path, *extra: str, weights: Path | None = None) -> dict:
+    """`--quick` in float32 with one repetition, results in `tmp_path`, random weights built (or reused) in `weights`."""
+    return bench.main(["--quick", "--dtypes", "float32", "--reps", "1", "--out", str(tmp_path), "--name", "smoke",
+                       "--weights-dir", str(weights or tmp_path / "weights"), *extra])
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[dict, Path, str]:
+    """One inline run of the smallest mode, shared by the tests below: (report, results folder, printed output)."""
+    folder = tmp_path_factory.mktemp("bench")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        report = smoke_run(folder, "--isolation", "inline")
+    return report, folder, printed.getvalue()
+
+
+def check_report(report: dict, isolation: str, workloads: list[str]) -> None:
+    meta = report["meta"]
+    assert meta["machine"]["memory_read_bandwidth_gbs"] > 0
+    assert meta["versions"]["transformers"] and meta["versions"]["keras-hub"]
+    assert meta["settings"]["isolation"] == isolation
+    (cell,) = report["cells"]
+    assert (cell["config"], cell["dtype"]) == ("tiny", "float32")
+    assert cell["shape"]["parameters"] > 0 and cell["bytes_per_decode_step"] > 4 * cell["shape"]["parameters"] - 1
+    assert set(cell["roofline_tokens_per_s"]) == {w for w in workloads if w.startswith("decode")}
+    assert [row["workload"] for row in cell["summary"]] == workloads
+    for row in cell["summary"]:
+        for impl in IMPLEMENTATIONS:  # every implementation produced a number for every workload
+            assert row[impl]["tokens_per_s"] > 0, (row["workload"], impl)
+        assert row["vs_transformers"] > 0 and row["vs_keras_hub"] > 0
+        assert row["targets"] == []  # the tiny shape has no targets
+    for record in cell["measurements"]:
+        assert record["status"] == "ok" or record["status"].startswith("fails: "), record
+        assert len(record["times_s"]) == (1 if record["status"] == "ok" else 0)
+        if record["workload"] != "train" and record["status"] == "ok":
+            assert record["warmup_s"] is not None
+    assert set(cell["memory"]) == set(IMPLEMENTATIONS)
+    for memory in cell["memory"].values():
+        assert memory["rss_after_load_gb"] > 0 and memory["peak_rss_inference_gb"] >= memory["rss_after_load_gb"]
+
+
+def test_quick_inline_run_writes_json_markdown_and_plot(quick_run):
+    report, folder, printed = quick_run
+    check_report(report, "inline", WORKLOADS)
+    assert json.loads((folder / "smoke.json").read_text()) == json.loads(json.dumps(report))
+    markdown = (folder / "smoke.md").read_text()
+    assert main_table(report) in markdown and "![tokens/s per implementation](smoke.png)" in markdown
+    assert (folder / "smoke.png").read_bytes().startswith(b"\x89PNG")
+    assert printed.startswith("| config | dtype | workload | falcon_hf | transformers | keras-hub |")
+    assert printed.count("| tiny | float32 |") == len(WORKLOADS)
+
+
+def test_render_rewrites_the_report_without_measuring(quick_run, tmp_path):
+    report, folder, _ = quick_run
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- benchmarks:start -->\nold\n<!-- benchmarks:end -->\noutro\n")
+    rendered = bench.main(["--render", str(folder / "smoke.json"), "--out", str(tmp_path / "again"),
+                           "--readme", str(readme), "--note", "re-rendered"])
+    assert rendered["cells"] == json.loads(json.dumps(report))["cells"]
+    text = readme.read_text()
+    assert "old" not in text and main_table(rendered) in text and text.endswith("<!-- benchmarks:end -->\noutro\n")
+    assert "re-rendered" in (tmp_path / "again" / "smoke.md").read_text()
+    assert (tmp_path / "again" / "smoke.png").is_file()
+
+
+def test_memory_plan_runs_one_at_a_time_and_skips_training_that_cannot_fit(quick_run, tmp_path, monkeypatch):
+    """Pretend each implementation needs 1 GB and a training step 100 GB more, with 2 GB available."""
+    monkeypatch.setattr(bench, "memory_plan", lambda *args: (1.0, 100.0))
+    monkeypatch.setattr(bench, "available_memory_bytes", lambda: 2 * 10**9)
+    report = smoke_run(tmp_path, "--isolation", "inline", "--workloads", "prefill", "train",
+                       weights=quick_run[1] / "weights")
+    (cell,) = report["cells"]
+    assert cell["residency"] == {"inference": "one", "train": "skipped"}
+    rows = {row["workload"]: row for row in cell["summary"]}
+    assert all(rows["prefill"][impl]["tokens_per_s"] > 0 for impl in IMPLEMENTATIONS)
+    assert all(rows["train"][impl] is None for impl in IMPLEMENTATIONS)
+    skipped = [r["status"] for r in cell["measurements"] if r["workload"] == "train"]
+    assert len(skipped) == 3 and all(status.startswith("skipped: needs ~101 GB") for status in skipped)
+    assert len(cell["notes"]) == 2 and "skipped: needs ~101 GB" in main_table(report)
+    assert all(memory["peak_rss_inference_gb"] for memory in cell["memory"].values())
+
+
+@pytest.mark.slow
+def test_quick_run_in_worker_processes(tmp_path):
+    """The default isolation: one spawned process per implementation, each with its own peak memory."""
+    report = smoke_run(tmp_path, "--workloads", "decode_b1", "train")
+    check_report(report, "process", ["decode_b1", "train"])
+    assert "fresh process per implementation" in report["meta"]["settings"]["memory_method"]
+
+
+def synthetic_cell(config: str, dtype: str) -> dict:
+    def record(impl, variant, tokens_per_s, roofline=None, status="ok"):
+        return {"impl": impl, "workload": "decode_b1", "variant": variant, "status": status,
+                "tokens_per_s": tokens_per_s, "roofline_fraction": roofline}
+
+    return {"config": config, "dtype": dtype, "measurements": [
+        record("falcon_hf", "sdpa+dynamic", 40.0, 0.80), record("falcon_hf", "sdpa+static", 46.0, 0.92),
+        record("transformers", "sdpa+dynamic", 30.0, 0.60), record("transformers", "eager+dynamic", 35.0, 0.70),
+        record("transformers", "sdpa+static", None, status="fails: RuntimeError"),
+        record("keras_hub", "greedy", 20.0, 0.40)]}
+
+
+def test_summary_compares_best_variants_and_checks_the_issue_targets():
+    (row,) = summary_rows(synthetic_cell("small", "float32"))
+    assert row["falcon_hf"]["variant"] == "sdpa+static" and row["transformers"]["variant"] == "eager+dynamic"
+    assert row["vs_transformers"] == pytest.approx(46 / 35) and row["vs_keras_hub"] == pytest.approx(46 / 20)
+    assert [(c["target"], c["met"]) for c in row["targets"]] == [("≥1.3× transformers", True),
+                                                                  ("≥1.5× keras-hub", True)]
+    (row,) = summary_rows(synthetic_cell("1b", "float32"))
+    assert [(c["target"], c["met"]) for c in row["targets"]] == [("≥0.90 roofline", True), ("≥1.5× keras-hub", True)]
+    assert [t.threshold for t in targets("1b", "bfloat16", "decode_b1")] == [0.75, 1.5]
+    assert [t.label for t in targets("small", "bfloat16", "decode_b8")] == ["≥1.3× transformers"]
+    assert [t.threshold for t in targets("1b", "float32", "train")] == [1.0]
