@@ -66,7 +66,8 @@ def main(argv=None) -> dict[str, float]:
     hf_dir = convert_keras_preset(args.preset, args.output_dir / "hf", dtype=args.dtype, force=True)
     keras_dir = export_keras_preset(hf_dir, args.output_dir / "keras", force=True)
     native_dir = export_native(hf_dir, args.output_dir / "native", force=True)
-    print(f"HF folder: {hf_dir}\nKeras preset (exported back): {keras_dir}\ntransformers `falcon` folder: {native_dir}\n")
+    print(f"HF folder: {hf_dir}\nKeras preset (exported back): {keras_dir}\n"
+          f"transformers `falcon` folder: {native_dir}\n")
 
     reference = hf_logits(hf_dir, args.prompt)
     differences = {"native": report("falcon_hf vs transformers' built-in falcon", reference,

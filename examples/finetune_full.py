@@ -68,8 +68,8 @@ def main(argv=None) -> dict:
     keras_text = None
     if not args.skip_keras:
         keras_text = keras_greedy(result.keras_preset_dir, args.prompt, length)
-        print(f"\nkeras-hub, from {result.keras_preset_dir}: {'the same text' if keras_text == hf_text else 'DIFFERENT'}"
-              f"{'' if keras_text == hf_text else ':' + chr(10) + keras_text}")
+        verdict = "the same text" if keras_text == hf_text else f"DIFFERENT:\n{keras_text}"
+        print(f"\nkeras-hub, from {result.keras_preset_dir}: {verdict}")
     return {"metrics": metrics, "hf_text": hf_text, "keras_text": keras_text}
 
 

@@ -70,10 +70,11 @@ def test_text_file_packs_the_whole_text_into_blocks_with_a_start_token(text_file
     assert rows[-blocks["eval"].num_rows:] == column(blocks["eval"])
 
 
-def test_blocks_have_no_start_token_when_the_tokenizer_adds_none(text_file, tiny_tokenizer, cache_dir):
-    assert not tiny_tokenizer.add_bos_token
-    blocks = prepare_datasets(text_file, tiny_tokenizer, block_size=BLOCK, cache_dir=cache_dir)
-    expected = tiny_tokenizer(text_file.read_text(), add_special_tokens=False)["input_ids"]
+def test_blocks_have_no_start_token_when_the_tokenizer_adds_none(text_file, tiny_bpe, cache_dir):
+    vocab, merges = tiny_bpe
+    tokenizer = FalconHFTokenizer(vocab=vocab, merges=merges, add_bos_token=False)
+    blocks = prepare_datasets(text_file, tokenizer, block_size=BLOCK, cache_dir=cache_dir)
+    expected = tokenizer(text_file.read_text(), add_special_tokens=False)["input_ids"]
     assert blocks["train"][0]["input_ids"] == expected[:BLOCK]
 
 
@@ -192,7 +193,8 @@ def test_refuses_an_earlier_run_unless_resume_or_overwrite(text_file, tiny_hf_fo
 
 
 def test_resume_continues_the_same_loss_trajectory(text_file, tiny_hf_folder, cache_dir, tmp_path):
-    settings = {**SHORT_RUN, "base": tiny_hf_folder, "cache_dir": cache_dir, "lora_dropout": 0.1}  # dropout: RNG matters
+    # LoRA dropout makes the random state part of the trajectory, so resuming must restore it too.
+    settings = {**SHORT_RUN, "base": tiny_hf_folder, "cache_dir": cache_dir, "lora_dropout": 0.1}
     uninterrupted = finetune(text_file, tmp_path / "a", **settings)
     shutil.copytree(tmp_path / "a" / "checkpoints" / "checkpoint-3", tmp_path / "b" / "checkpoints" / "checkpoint-3")
     resumed = finetune(text_file, tmp_path / "b", resume=True, **settings)  # as if stopped after step 3's checkpoint

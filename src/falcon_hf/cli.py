@@ -66,6 +66,9 @@ def _finetune_arguments() -> tuple[Argument, ...]:
     def switch(name: str, help: str) -> Argument:  # tri-state: unset keeps the library's choice
         return option(name, help, action=argparse.BooleanOptionalAction)
 
+    def flag(name: str, help: str) -> Argument:
+        return option(name, help, action="store_true")
+
     return (
         Argument(("data",), {"metavar": "DATA",
                              "help": "text/JSONL/CSV file or folder, or a datasets save_to_disk folder"}),
@@ -98,15 +101,15 @@ def _finetune_arguments() -> tuple[Argument, ...]:
         option("save_steps", "checkpoint every N steps (default: 200)", type=int),
         option("save_total_limit", "checkpoints kept (default: 2)", type=int),
         option("logging_steps", "log the loss every N steps (default: 10)", type=int),
-        switch("resume", "continue from the last checkpoint in OUTPUT_DIR"),
-        switch("overwrite", "remove an earlier run's outputs from OUTPUT_DIR first"),
-        switch("export_keras", "also write OUTPUT_DIR/keras_preset"),
+        flag("resume", "continue from the last checkpoint in OUTPUT_DIR"),
+        flag("overwrite", "remove an earlier run's outputs from OUTPUT_DIR first"),
+        flag("export_keras", "also write OUTPUT_DIR/keras_preset"),
         option("seed", "seed of adapter init, data order, dropout (default: 42)", type=int),
         option("num_proc", "processes for tokenization (default: by document count)", type=int),
         option("cache_dir", "datasets cache folder (default: datasets' own)"),
         switch("use_cpu", "train on CPU (default: when no accelerator is visible)"),
         switch("disable_tqdm", "hide progress bars"),
-        switch("rank_checksums", "write OUTPUT_DIR/rank_checksums/rank-R.json (weights' SHA-256 per process)"),
+        flag("rank_checksums", "write OUTPUT_DIR/rank_checksums/rank-R.json (weights' SHA-256 per process)"),
     )
 
 

@@ -379,7 +379,7 @@ def finetune(
         export_keras: also write `output_dir/keras_preset` with `falcon_hf.conversion.export_keras_preset`.
         seed: seeds adapter initialization, data order and dropout.
         use_cpu: None trains on CPU exactly when torch sees no accelerator.
-        disable_tqdm: None shows progress bars unless logging is quieter than INFO.
+        disable_tqdm: None shows progress bars unless logging is quieter than WARNING (transformers' rule).
         rank_checksums: write `output_dir/rank_checksums/rank-R.json` (SHA-256 of each process's final weights).
 
     Example:
