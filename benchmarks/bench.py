@@ -10,7 +10,7 @@ Examples:
 ```bash
 python benchmarks/bench.py --quick                       # tiny shape: checks the harness in a minute or two
 python benchmarks/bench.py --configs small --dtypes float32
-python benchmarks/bench.py                               # small and 1b, float32 and bfloat16 (about 40 min, 2 cores)
+python benchmarks/bench.py                               # small and 1b, float32 and bfloat16 (~45 min, 2 cores)
 ```
 """
 
@@ -46,8 +46,8 @@ logger = logging.get_logger("falcon_hf.benchmarks")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORKLOAD_NAMES = ("decode_b1", "decode_b8", "prefill", "train")
 DEFAULT_REPS = {"tiny": 2, "small": 3, "1b": 1}
-"""Repetitions per config: the 1.31B shape gets one alternated pass by default so that the full run stays near 40
-minutes on 2 cores (one batch-8 float32 pass alone takes minutes); `--reps 3` gives medians there too."""
+"""Repetitions per config: the 1.31B shape gets one alternated round by default so that the full run stays near 45
+minutes on 2 cores (one batch-8 float32 round alone takes ~8 minutes); `--reps 3` gives medians there too."""
 QUICK_LENGTHS = Lengths(prompt=8, new_tokens=4, prefill=32, train_sequence=16, train_batch=2, warmup_new_tokens=2)
 RUNTIME_OVERHEAD_GB = 0.8  # torch/keras/transformers imports and allocator slack per worker
 BANDWIDTH_REPEATS = 5

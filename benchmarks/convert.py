@@ -57,7 +57,7 @@ print(backbone.count_params())
 """
 
 MEASURE = """
-import json, resource, sys, time
+import json, sys, time
 import psutil, torch
 torch.set_num_threads(1)
 from transformers.utils import logging
@@ -69,8 +69,9 @@ baseline = psutil.Process().memory_info().rss
 start = time.perf_counter()
 getattr(conversion, function)(*args, **kwargs)
 wall = time.perf_counter() - start
-print(json.dumps({"wall_s": wall, "baseline_rss": baseline,
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so it would include the parent's peak.
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"wall_s": wall, "baseline_rss": baseline, "peak_rss": peak}))
 """
 
 

@@ -228,10 +228,12 @@ def plot(report: dict, path: Path) -> bool:
         for axis, workload in zip(row_axes, workloads):
             _plot_panel(axis, [cell for cell in report["cells"] if cell["config"] == config], workload, width)
             axis.set_title(f"{config}: {workload}", fontsize=9)
-    axes[0][0].legend(fontsize=7)
-    figure.suptitle(f"tokens/s, falcon_hf vs transformers vs keras-hub ({report['meta']['date'][:10]}, "
-                    f"{report['meta']['machine']['physical_cores']} cores)", fontsize=10)
-    figure.tight_layout()
+    handles = {label: handle for axis in axes.flat for handle, label in zip(*axis.get_legend_handles_labels())}
+    figure.legend(handles.values(), handles.keys(), loc="upper right", ncol=len(handles), fontsize=7, frameon=False)
+    machine = report["meta"]["machine"]
+    figure.suptitle(f"tokens/s ({report['meta']['date'][:10]}, {machine['physical_cores']} cores, "
+                    f"{machine['torch_threads']} torch threads)", fontsize=10, x=0.01, ha="left")
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True

@@ -11,10 +11,11 @@ the mask, once in the attention), which a test below documents.
 
 import pytest
 import torch
-from transformers import FalconConfig, FalconForCausalLM
+from transformers import FalconForCausalLM
 from transformers.models.falcon import modeling_falcon
 
 from falcon_hf import FalconHFConfig, FalconHFForCausalLM
+from falcon_hf.conversion.native import native_config
 from falcon_hf.modeling_falcon_hf import alibi_slopes
 
 from conftest import tiny_config_kwargs
@@ -23,22 +24,9 @@ SUMMATION_ATOL = 2e-5  # fp32, same math in a different order
 
 
 def builtin_falcon(config: FalconHFConfig, attn_implementation: str = "sdpa") -> FalconForCausalLM:
-    builtin_config = FalconConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        ffn_hidden_size=config.intermediate_size,
-        layer_norm_epsilon=config.decoder_layer_norm_epsilon,
-        alibi=True,
-        parallel_attn=False,
-        multi_query=False,
-        new_decoder_architecture=False,
-        bias=True,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        attn_implementation=attn_implementation,
-    )
+    """transformers' own Falcon with the config our native export writes."""
+    builtin_config = native_config(config)
+    builtin_config._attn_implementation = attn_implementation
     return FalconForCausalLM(builtin_config).eval()
 
 

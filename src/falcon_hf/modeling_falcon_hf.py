@@ -337,6 +337,26 @@ class FalconHFForCausalLM(FalconHFPreTrainedModel, GenerationMixin):
         """Boolean 4D masks for compiled/static-cache generation, whatever the attention kernel (ALiBi needs them)."""
         return allowed_attention(self.transformer._mask_config, inputs_embeds, attention_mask, cache)
 
+    # Generation input checks transformers leaves out: an empty prompt or batch would fail deep in the model, and a
+    # length past `max_position_embeddings` (the documented limit) only gets a logged reminder there.
+
+    def _prepare_model_inputs(self, inputs=None, bos_token_id=None, model_kwargs=None):
+        inputs_tensor, input_name, model_kwargs = super()._prepare_model_inputs(inputs, bos_token_id, model_kwargs)
+        if input_name == "input_ids" and inputs_tensor.numel() == 0:
+            raise ValueError(f"generate(): input_ids of shape {tuple(inputs_tensor.shape)} is empty; pass at least one "
+                             "row of at least one token (an empty prompt starts with the bos token `<|endoftext|>`, "
+                             f"id {self.config.bos_token_id}, as in keras-hub), or no input_ids to start from it.")
+        return inputs_tensor, input_name, model_kwargs
+
+    def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
+        super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)
+        limit = self.config.max_position_embeddings
+        if generation_config.max_length > limit:
+            raise ValueError(f"generate(): prompt ({input_ids_length} tokens) and new tokens would reach "
+                             f"{generation_config.max_length} tokens, past max_position_embeddings={limit}; lower "
+                             "max_new_tokens / max_length, or raise config.max_position_embeddings to go past the "
+                             "training context (ALiBi has no position table, but quality there is untested).")
+
     @classmethod
     def from_keras_preset(cls, preset: str, dtype: str | torch.dtype | None = None) -> "FalconHFForCausalLM":
         """Load a Keras Hub Falcon preset (folder, `kaggle://`, `hf://` or built-in name) without TensorFlow.
@@ -348,7 +368,8 @@ class FalconHFForCausalLM(FalconHFPreTrainedModel, GenerationMixin):
         ```
         """
         # The converter lives in the installed plugin: `trust_remote_code` copies of this file do not carry it.
-        return importlib.import_module("falcon_hf.conversion").load_model_from_keras_preset(preset, dtype=dtype, model_class=cls)
+        conversion = importlib.import_module("falcon_hf.conversion")
+        return conversion.load_model_from_keras_preset(preset, dtype=dtype, model_class=cls)
 
     @can_return_tuple
     def forward(

@@ -45,6 +45,25 @@ def usable_merges(vocab: dict[str, int], merges: list[tuple[str, str]]) -> list[
     return kept
 
 
+def check_valid_unicode(texts) -> None:
+    """Raise a `ValueError` naming the first lone surrogate in `texts` (a string or nested lists/tuples of them):
+    not valid Unicode, so not UTF-8 encodable, which the `tokenizers` library reports only as a TypeError."""
+    if isinstance(texts, (list, tuple)):
+        for index, text in enumerate(texts):
+            try:
+                check_valid_unicode(text)
+            except ValueError as error:
+                raise ValueError(f"Text {index} of the batch: {error}") from None
+        return
+    if isinstance(texts, str):
+        try:
+            texts.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(f"character {error.start} is a lone surrogate ({texts[error.start]!r}), which is not "
+                             "valid Unicode and cannot be tokenized; decode the source bytes with errors='replace' or "
+                             "fix them first.") from None
+
+
 def template_adds_bos(post_processor) -> bool:
     """Whether a saved `TemplateProcessing` post-processor starts single sequences with a special token."""
     if post_processor is None:
@@ -60,9 +79,14 @@ class FalconHFTokenizer(TokenizersBackend):
     `FalconTokenizer` gives the same ids too, except where a merge crosses one of GPT-2's pre-token boundaries: its split
     pattern reaches the `tokenizers` library as literal text, so it never pre-splits. In practice that is runs of two
     or more whitespace characters (`"a  b"` is `"a", "Ġ", "Ġb"` here, GPT-2 keeps the last space with the word; a
-    `"Ġ Ġ"` merge gives `"a", "ĠĠ", "b"` there) and apostrophes: contractions glued to letters (`"go'st"` is
-    `"g", "o", "'s", "t"` here, `"'", "st"` there) and a space before an apostrophe. On Tiny Shakespeare's validation
-    lines the two agree on 3510 of 3536.
+    `"Ġ Ġ"` merge gives `"a", "ĠĠ", "b"` there) and the contractions `'s 't 're 've 'm 'll 'd` where GPT-2's regex does
+    not split them off: glued to a following letter (`"go'st"` is `"g", "o", "'s", "t"` here, `"'", "st"` there) or
+    after anything but a letter or digit, where GPT-2 groups the apostrophe with what precedes it (a space, `"?'d"` is
+    `"?", "'", "d"` here, `"?", "'d"` there; an emoji, `"_'s"`). On Tiny Shakespeare's validation lines the two agree
+    on 3510 of 3536.
+
+    Text must be valid Unicode: a lone surrogate (left by `errors="surrogateescape"` or a broken decoder) raises a
+    `ValueError` naming the text and position, as the `tokenizers` library cannot encode it.
 
     Padding uses `<|endoftext|>` (keras-hub pads with id 0, a real token, and relies on the mask alone). Whether the
     start token is prepended is the `add_bos_token` setting; tokenizers converted from a Keras preset keep the
@@ -121,6 +145,13 @@ class FalconHFTokenizer(TokenizersBackend):
             add_prefix_space=False,
             **kwargs,
         )
+
+    def _encode_plus(self, text, text_pair=None, *args, **kwargs):
+        try:
+            return super()._encode_plus(text, text_pair, *args, **kwargs)
+        except TypeError:
+            check_valid_unicode([text, text_pair] if text_pair is not None else text)
+            raise
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, str]:
         """Write GPT-2 style `vocab.json` and `merges.txt` next to `tokenizer.json`, for tools that read those."""

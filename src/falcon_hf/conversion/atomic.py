@@ -1,4 +1,9 @@
-"""All-or-nothing output folders: build in a temporary folder next to DST, rename into place at the end."""
+"""All-or-nothing output folders: build in a temporary folder next to DST, rename into place at the end.
+
+A process killed outright (SIGKILL, OOM killer, power loss) cannot clean up: it may leave `.DST.tmp-*` (a partial
+new folder) and, if it was replacing DST, `.DST.old-*/DST` (the previous DST, whole). Later runs ignore both and warn
+about them; only the user deletes them, since another run may still be writing one.
+"""
 
 import os
 import shutil
@@ -7,7 +12,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from transformers.utils import logging
+
 from .errors import ConversionError
+
+logger = logging.get_logger(__name__)
 
 
 def _check_destination(dst: Path, force: bool, protect: Iterable[Path]) -> None:
@@ -34,9 +43,23 @@ def _replace(tmp: Path, dst: Path) -> None:
         return
     # Keep the old DST until the new one is in place, so a failure here still leaves one of them.
     old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    os.replace(dst, old / dst.name)
-    os.replace(tmp, dst)
+    try:
+        os.replace(dst, old / dst.name)
+        os.replace(tmp, dst)
+    except BaseException:
+        if not dst.exists() and (old / dst.name).exists():
+            os.replace(old / dst.name, dst)  # interrupted between the two renames: the old DST goes back
+        if not any(old.iterdir()):
+            old.rmdir()
+        raise
     shutil.rmtree(old)
+
+
+def _warn_about_leftovers(dst: Path) -> None:
+    leftovers = sorted(path.name for kind in ("tmp", "old") for path in dst.parent.glob(f".{dst.name}.{kind}-*"))
+    if leftovers:
+        logger.warning(f"{dst.parent}: {', '.join(leftovers)} left by an interrupted run; ignored. Delete them once no "
+                       f"other run writes {dst.name} (a .old-* folder holds the previous {dst.name}).")
 
 
 @contextmanager
@@ -57,6 +80,7 @@ def atomic_output_dir(dst: str | os.PathLike, force: bool = False, protect: Iter
     _check_destination(dst, force, protect)
     created = _missing_ancestors(dst.parent)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    _warn_about_leftovers(dst)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
         yield tmp

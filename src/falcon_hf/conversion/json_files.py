@@ -13,8 +13,8 @@ def read_json(path: Path) -> dict:
             value = json.load(file)
     except FileNotFoundError as error:
         raise ConversionError(f"{path}: file not found.") from error
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConversionError(f"{path}: not valid JSON ({error}).") from error
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad UTF-8, bad JSON, 5000-digit numbers
+        raise ConversionError(f"{path}: not valid JSON ({type(error).__name__}: {error}).") from error
     if not isinstance(value, dict):
         raise ConversionError(f"{path}: expected a JSON object, got {type(value).__name__}.")
     return value

@@ -30,6 +30,7 @@ import torch
 
 from .errors import ConversionError
 from .json_files import read_json
+from .resolve import preset_file
 from .rules import KERAS_BLOCK_CLASS_GROUP, keras_block_group
 
 WEIGHTS_FILE = "model.weights.h5"
@@ -40,31 +41,42 @@ BLOCK_LAYER_NAME = re.compile(r"transformer_layer_(\d+)")
 BFLOAT16 = "bfloat16"
 NUMPY_FLOATS = {np.dtype("float16"): torch.float16, np.dtype("float32"): torch.float32,
                 np.dtype("float64"): torch.float64}
+# Keras' own guard against shape and decompression bombs (`keras/src/saving/saving_lib.py`): a compressed dataset may
+# declare at most 1000x the bytes it stores once it declares more than 4 GiB. Uncompressed ones must store it all.
+MAX_EXPANSION = 1000
+EXPANSION_FLOOR_BYTES = 1 << 32
 
 
 def find_weight_files(preset_dir: Path) -> list[Path]:
     """The h5 files holding the backbone weights: `model.weights.h5`, or the shards `model.weights.json` lists."""
-    single = preset_dir / WEIGHTS_FILE
+    single = preset_file(preset_dir, WEIGHTS_FILE)
     if single.is_file():
         return [single]
-    index_path = preset_dir / SHARDED_WEIGHTS_INDEX
+    index_path = preset_file(preset_dir, SHARDED_WEIGHTS_INDEX)
     if not index_path.is_file():
         raise ConversionError(f"{single}: file not found (nor a sharded {SHARDED_WEIGHTS_INDEX}); not a Keras preset?")
     weight_map = read_json(index_path).get("weight_map")
     if not isinstance(weight_map, dict):
         raise ConversionError(f"{index_path}: no 'weight_map' object.")
-    names = {name for value in weight_map.values() for name in (value if isinstance(value, list) else [value])}
+    names = [name for value in weight_map.values() for name in (value if isinstance(value, list) else [value])]
     for name in names:
-        if not isinstance(name, str) or Path(name).name != name:
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
             raise ConversionError(f"{index_path}: shard name {name!r} is not a plain file name.")
-    return [preset_dir / name for name in sorted(names)]
+    if not names:
+        raise ConversionError(f"{index_path}: names no shard file.")
+    return [preset_file(preset_dir, name) for name in sorted(set(names))]
+
+
+def _text_attribute(item: h5py.HLObject, key: str) -> str | None:
+    """A string attribute (Keras writes `name` and `dtype` as such), or None when absent or of any other type."""
+    value = item.attrs.get(key)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else None
 
 
 def _stored_dtype(dataset: h5py.Dataset) -> torch.dtype | None:
-    marker = dataset.attrs.get("dtype")
-    if isinstance(marker, bytes):
-        marker = marker.decode()
-    if marker == BFLOAT16 and dataset.dtype.itemsize == 2:
+    if _text_attribute(dataset, "dtype") == BFLOAT16 and dataset.dtype.itemsize == 2:
         return torch.bfloat16
     return NUMPY_FLOATS.get(dataset.dtype)
 
@@ -74,10 +86,8 @@ def _block_index(group_name: str, group: h5py.Group) -> int | None:
     match = BLOCK_GROUP.fullmatch(group_name)
     if match is None:
         return None
-    layer_name = group["vars"].attrs.get("name") if "vars" in group else None
-    if isinstance(layer_name, bytes):
-        layer_name = layer_name.decode()
-    by_name = BLOCK_LAYER_NAME.fullmatch(layer_name) if isinstance(layer_name, str) else None
+    layer_name = _text_attribute(group["vars"], "name") if "vars" in group else None
+    by_name = BLOCK_LAYER_NAME.fullmatch(layer_name) if layer_name is not None else None
     if by_name:
         return int(by_name.group(1))
     return int(match.group(1) or 0)
@@ -134,14 +144,25 @@ class KerasWeights:
         except OSError as error:
             raise ConversionError(f"{path}: not a readable HDF5 file, truncated or corrupt ({error}).") from error
         self._handles.append(handle)
+        # Collected, then checked: an exception raised inside h5py's visit callbacks surfaces as a SystemError.
+        links, items = [], []
         try:
-            handle.visititems(lambda name, item: self._add(path, handle, name, item))
-        except (OSError, RuntimeError, KeyError) as error:
+            # Links first: only then is it safe to open objects, which would follow them into other files.
+            handle.visititems_links(lambda name, link: links.append((name, link)))
+            for name, link in links:
+                _check_link(path, name, link)
+            handle.visititems(lambda name, item: items.append((name, item)))
+            for name, item in items:
+                self._add(path, handle, name, item)
+        except ConversionError:
+            raise
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError) as error:
             raise ConversionError(f"{path}: corrupt HDF5 structure ({error}).") from error
 
     def _add(self, path: Path, handle: h5py.File, name: str, item) -> None:
         if not isinstance(item, h5py.Dataset):
             return
+        _check_storage(path, name, item)
         canonical = self._canonical(handle, name)
         if canonical in self._datasets:
             raise ConversionError(f"{path}: weight '{name}' is stored twice (also in {self._datasets[canonical][0]}).")
@@ -191,6 +212,39 @@ class KerasWeights:
         if dtype == torch.bfloat16:
             return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)  # raw 2-byte bfloat16 bits
         return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _check_link(path: Path, name: str, link) -> None:
+    """Keras writes hard links only; soft and external links can lead out of the file (or loop), so refuse them."""
+    if isinstance(link, h5py.ExternalLink):
+        raise ConversionError(f"{path}: '{name}' is an external link to {link.filename}:{link.path}; refused (a weight "
+                              "file may only hold its own data).")
+    if isinstance(link, h5py.SoftLink):
+        raise ConversionError(f"{path}: '{name}' is a soft link to '{link.path}'; refused (Keras never writes links).")
+    if not isinstance(link, h5py.HardLink):
+        raise ConversionError(f"{path}: '{name}' is a {type(link).__name__}; refused (Keras writes hard links only).")
+
+
+def _check_storage(path: Path, name: str, dataset: h5py.Dataset) -> None:
+    """Refuse data kept in other files (virtual or external datasets) and data declared but not stored (shape and
+    decompression bombs), from metadata alone, so that nothing is read or allocated for them."""
+    if dataset.is_virtual:
+        raise ConversionError(f"{path}: weight '{name}' is a virtual dataset (its data lives in other files); "
+                              "refused.")
+    if dataset.external:
+        raise ConversionError(f"{path}: weight '{name}' keeps its data in external file(s) "
+                              f"{[entry[0] for entry in dataset.external]}; refused.")
+    declared = dataset.size * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    compressed = dataset.id.get_create_plist().get_nfilters() > 0
+    if compressed:
+        bomb = declared > EXPANSION_FLOOR_BYTES and declared > MAX_EXPANSION * stored
+    else:
+        bomb = declared > stored
+    if bomb:
+        raise ConversionError(f"{path}: weight '{name}' declares shape {dataset.shape} ({declared} bytes) but stores "
+                              f"only {stored} bytes{' compressed' if compressed else ''}; refused (a truncated file or "
+                              "a shape bomb).")
 
 
 def keras_layer_groups(num_layers: int, backbone_name: str) -> list[tuple[str, str]]:

@@ -8,14 +8,16 @@ import datetime
 import importlib.metadata
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub.errors import StrictDataclassError
 
-from ..configuration_falcon_hf import KERAS_DECODER_LAYER_NORM_EPSILON, FalconHFConfig
+from ..configuration_falcon_hf import KERAS_DECODER_LAYER_NORM_EPSILON, MAX_VOCAB_SIZE, FalconHFConfig
 from .errors import ConversionError
 from .json_files import read_json, write_json
+from .resolve import preset_file
 
 CONFIG_FILE = "config.json"
 TASK_FILE = "task.json"
@@ -42,13 +44,18 @@ KERAS_TO_HF_CONFIG = {
 }
 """keras-hub setting -> (FalconHFConfig field, type). The first five are required."""
 REQUIRED_KERAS_KEYS = tuple(list(KERAS_TO_HF_CONFIG)[:5])
+KERAS_SIZE_LIMITS = {"vocabulary_size": MAX_VOCAB_SIZE, "num_layers": 1_000, "num_attention_heads": 1 << 17,
+                     "hidden_dim": 1 << 17, "intermediate_dim": 1 << 19}
+"""Largest accepted sizes, far past any Falcon (180B: 80 layers, hidden 14848): a config beyond them is broken or
+hostile, and refusing it before the table is expanded (12 entries per layer) keeps every step small."""
+KERAS_MODULE_PREFIXES = r"keras_(?:hub|nlp)"  # keras-nlp is keras-hub's former name; its presets still load
 KERAS_LAYER_KEYS = {"name", "trainable", "dtype"}
 KERAS_PREPROCESSOR_DEFAULTS = {"sequence_length": 1024, "add_start_token": True, "add_end_token": True}
 
 
 def read_backbone_config(preset_dir: Path) -> dict:
     """The `config` of the preset's `config.json`, refused unless it is a keras-hub `FalconBackbone`."""
-    path = preset_dir / CONFIG_FILE
+    path = preset_file(preset_dir, CONFIG_FILE)
     serialized = read_json(path)
     if "model_type" in serialized:
         raise ConversionError(f"{path}: a transformers config (model_type={serialized['model_type']!r}), "
@@ -57,11 +64,24 @@ def read_backbone_config(preset_dir: Path) -> dict:
     if class_name != BACKBONE_CLASS:
         raise ConversionError(f"{path}: describes a {class_name!r} model, not a keras-hub {BACKBONE_CLASS}; only "
                               "Falcon presets can be converted.")
+    _check_keras_origin(serialized, "falcon_backbone", path)
     config = serialized.get("config")
     if not isinstance(config, dict):
         raise ConversionError(f"{path}: has no 'config' object.")
     _check_backbone_config(config, path)
     return config
+
+
+def _check_keras_origin(serialized: dict, module: str, path: Path) -> None:
+    """`module` and `registered_name`, where given, must be keras-hub's Falcon ones: a file naming other code is not
+    what it claims to be (nothing here imports either; Keras would)."""
+    expected = {"module": f"keras_hub.src.models.falcon.{module}",
+                "registered_name": f"keras_hub>{serialized.get('class_name')}"}
+    for key, name in expected.items():
+        value = serialized.get(key)
+        pattern = KERAS_MODULE_PREFIXES + re.escape(name.removeprefix("keras_hub"))
+        if value is not None and not (isinstance(value, str) and re.fullmatch(pattern, value)):
+            raise ConversionError(f"{path}: '{key}' is {value!r}, not keras-hub's Falcon ({name!r}); refused.")
 
 
 def _check_backbone_config(config: dict, path: Path) -> None:
@@ -77,6 +97,11 @@ def _check_backbone_config(config: dict, path: Path) -> None:
         allowed = (int,) if kind is int else (int, float)
         if isinstance(value, bool) or not isinstance(value, allowed):
             raise ConversionError(f"{path}: '{key}' must be {'an integer' if kind is int else 'a number'}, "
+                                  f"got {value!r}.")
+        if kind is float and not math.isfinite(value):
+            raise ConversionError(f"{path}: '{key}' must be a finite number, got {value!r}.")
+        if kind is int and not 1 <= value <= KERAS_SIZE_LIMITS[key]:
+            raise ConversionError(f"{path}: '{key}' must be a positive integer of at most {KERAS_SIZE_LIMITS[key]}, "
                                   f"got {value!r}.")
 
 
@@ -128,38 +153,55 @@ class PreprocessorSettings:
 
 def read_preprocessor_settings(preset_dir: Path) -> PreprocessorSettings:
     """The preset's preprocessor choices; keras-hub's defaults when it has no `preprocessor.json`."""
-    path = preset_dir / PREPROCESSOR_FILE
+    path = preset_file(preset_dir, PREPROCESSOR_FILE)
     if not path.exists():
         return PreprocessorSettings()
     serialized = read_json(path)
     if serialized.get("class_name") != PREPROCESSOR_CLASS:
         raise ConversionError(f"{path}: describes a {serialized.get('class_name')!r}, not a {PREPROCESSOR_CLASS}.")
-    config = serialized.get("config") or {}
+    _check_keras_origin(serialized, "falcon_causal_lm_preprocessor", path)
+    config = serialized.get("config", {})
+    if not isinstance(config, dict):
+        raise ConversionError(f"{path}: 'config' must be an object, got {type(config).__name__}.")
     settings = {key: config.get(key, default) for key, default in KERAS_PREPROCESSOR_DEFAULTS.items()}
     if settings["sequence_length"] is None:
         settings["sequence_length"] = KERAS_PREPROCESSOR_DEFAULTS["sequence_length"]
+    length = settings["sequence_length"]
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ConversionError(f"{path}: 'sequence_length' must be a positive integer or null, got {length!r}.")
+    for key in ("add_start_token", "add_end_token"):
+        if not isinstance(settings[key], bool):
+            raise ConversionError(f"{path}: '{key}' must be true or false, got {settings[key]!r}.")
     return PreprocessorSettings(**settings)
 
 
 def read_tokenizer_assets(preset_dir: Path) -> tuple[dict[str, int], list[str]]:
     """The BPE vocabulary and merges (`"a b"` strings) of `assets/tokenizer/`."""
-    vocab_path = preset_dir / TOKENIZER_ASSETS / VOCABULARY_FILE
-    merges_path = preset_dir / TOKENIZER_ASSETS / MERGES_FILE
+    vocab_path = preset_file(preset_dir, TOKENIZER_ASSETS / VOCABULARY_FILE)
+    merges_path = preset_file(preset_dir, TOKENIZER_ASSETS / MERGES_FILE)
     vocab = read_json(vocab_path)
     if END_OF_TEXT not in vocab:
         raise ConversionError(f"{vocab_path}: has no {END_OF_TEXT} token.")
-    if not all(isinstance(index, int) for index in vocab.values()):
-        raise ConversionError(f"{vocab_path}: token ids must be integers.")
+    for token, index in vocab.items():
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ConversionError(f"{vocab_path}: token ids must be non-negative integers; {token!r} has {index!r}.")
     try:
         lines = merges_path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise ConversionError(f"{merges_path}: cannot be read ({error}).") from error
-    return vocab, [line for line in lines if line.strip() and not line.startswith("#version")]
+    merges = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.startswith("#version"):
+            continue
+        if len(line.split(" ")) != 2 or "" in line.split(" "):  # keras-hub's rule: `a, b = merge.split(" ")`
+            raise ConversionError(f"{merges_path}: line {number} ({line!r}) is not two tokens separated by a space.")
+        merges.append(line)
+    return vocab, merges
 
 
 def read_metadata(preset_dir: Path) -> dict:
     """`metadata.json` (Keras and keras-hub versions, parameter count, save date), or {} if the preset has none."""
-    path = preset_dir / METADATA_FILE
+    path = preset_file(preset_dir, METADATA_FILE)
     return read_json(path) if path.exists() else {}
 
 

@@ -101,6 +101,34 @@ def is_preset_folder(path: Path) -> bool:
     return (path / PRESET_MARKER).is_file() and any((path / name).is_file() for name in WEIGHT_MARKERS)
 
 
+def _containing_folder(folder: Path) -> Path:
+    """The folder a preset's files must resolve into: the preset itself, or for a huggingface_hub snapshot
+    (`models--owner--repo/snapshots/REV`, whose files are symlinks to `../../blobs/HASH`) the repository folder."""
+    folder = folder.resolve()
+    if folder.parent.name == "snapshots" and (folder.parent.parent / "blobs").is_dir():
+        return folder.parent.parent
+    return folder
+
+
+def preset_file(folder: Path, relative: str | os.PathLike) -> Path:
+    """`folder / relative`, refused unless it resolves inside the preset folder (no `..`, absolute path or symlink
+    out), so that an untrusted preset can never make the converter read another file of the user's.
+
+    Example:
+
+    ```python
+    >>> preset_file(Path("my_preset"), "assets/tokenizer/vocabulary.json")
+    PosixPath('my_preset/assets/tokenizer/vocabulary.json')
+    ```
+    """
+    path = folder / relative
+    target, root = path.resolve(), _containing_folder(folder)
+    if not target.is_relative_to(root):
+        raise ConversionError(f"{path}: resolves to {target}, outside the preset folder {root}; refused (a preset may "
+                              "only name files inside itself).")
+    return path
+
+
 def resolve_preset(preset: str | os.PathLike) -> ResolvedPreset:
     """The local folder of a Keras preset given as a folder, `kaggle://`/`hf://` handle or built-in name.
 
@@ -198,4 +226,4 @@ def _resolve_hf(source: str) -> ResolvedPreset:
     )
 
 
-__all__ = ["BUILTIN_PRESETS", "ResolvedPreset", "kagglehub_cache_dir", "resolve_preset"]
+__all__ = ["BUILTIN_PRESETS", "ResolvedPreset", "kagglehub_cache_dir", "preset_file", "resolve_preset"]

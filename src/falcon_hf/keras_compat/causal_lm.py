@@ -12,7 +12,7 @@ from ..conversion import export_keras_preset
 from . import samplers as samplers_module
 from .backbone import FalconBackbone, model_inputs
 from .data import as_training_input, generate_batches
-from .generation import generate_step, inference_mode, strip_prompt
+from .generation import check_max_length, generate_step, inference_mode, strip_prompt
 from .preprocessor import FalconCausalLMPreprocessor
 from .presets import classproperty, preset_table
 from .training import (
@@ -199,10 +199,16 @@ class FalconCausalLM(nn.Module):
                 batch and concatenated), or a `{"token_ids", "padding_mask"}` dict of right-padded prompts (the
                 structure is returned, with the free positions filled and `padding_mask` marking prompt + new tokens).
             max_length: total length, prompt and start token included (defaults to the preprocessor's
-                `sequence_length`). Ignored for dict inputs, whose width is the length.
+                `sequence_length`): a positive integer of at most the backbone's `max_position_embeddings`, else a
+                ValueError. Prompts longer than it are cut to it, as keras-hub does (nothing is generated for them).
+                Ignored for dict inputs, whose width is the length (and must fit the same limit).
             stop_token_ids: `"auto"` (the end token `<|endoftext|>`), None (always generate up to `max_length`) or a
                 tuple of ids, each of which ends a sequence.
             strip_prompt: return only the new text (or, for dicts, roll the new tokens to the front).
+
+        An empty string is continued from the start token alone, as in keras-hub; an empty list, `datasets.Dataset`
+        or iterable gives `[]`, and a dict with no rows comes back as it is. Stop tokens inside a prompt never stop
+        generation: only new tokens count.
 
         Example:
 
@@ -210,9 +216,12 @@ class FalconCausalLM(nn.Module):
         >>> falcon_lm.generate(["This is a", "Where are you"], max_length=30)
         ```
         """
+        check_max_length(max_length, self.backbone.hf_model.config.max_position_embeddings)
         stop = self._stop_token_ids(stop_token_ids)
         batches, single = generate_batches(inputs)
         outputs = [self._generate_batch(batch, max_length, stop, strip_prompt) for batch in batches]
+        if not outputs:  # an empty datasets.Dataset or iterable of batches
+            return []
         if isinstance(outputs[0], dict):
             return {key: np.concatenate([output[key] for output in outputs]) for key in outputs[0]}
         texts = [text for output in outputs for text in output]

@@ -20,6 +20,19 @@ from .stopping import LockstepStopCriteria
 logger = logging.get_logger(__name__)
 
 
+def check_max_length(max_length, limit: int, name: str = "max_length") -> None:
+    """`max_length` must be None or a positive integer of at most `limit` (the model's `max_position_embeddings`)."""
+    if max_length is None:
+        return
+    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
+        raise ValueError(f"generate(): {name} must be a positive integer (prompt and start token included), got "
+                         f"{max_length!r}.")
+    if max_length > limit:
+        raise ValueError(f"generate(): {name}={max_length} is past the model's max_position_embeddings={limit}; "
+                         "lower it, or raise config.max_position_embeddings if you mean to go past the training "
+                         "context (ALiBi has no position table, but quality there is untested).")
+
+
 def prompt_lengths(padding_mask: np.ndarray) -> np.ndarray:
     """Prompt length of each row of a (B, T) mask; each prompt must be a non-empty prefix of its row."""
     lengths = padding_mask.sum(axis=1)
@@ -83,8 +96,11 @@ def generate_step(model, inputs: dict, sampler: Sampler, stop_token_ids: Sequenc
     prompt_mask = to_numpy(inputs["padding_mask"]).astype(bool)
     if token_ids.ndim != 2 or token_ids.shape != prompt_mask.shape:
         raise ValueError(f"token_ids {token_ids.shape} and padding_mask {prompt_mask.shape} must be the same (B, T).")
-    lengths = prompt_lengths(prompt_mask)
     width = token_ids.shape[1]
+    check_max_length(width, model.config.max_position_embeddings, name="the width of token_ids")
+    if len(token_ids) == 0:  # an empty batch: nothing to generate
+        return {"token_ids": token_ids, "padding_mask": prompt_mask}
+    lengths = prompt_lengths(prompt_mask)
     if lengths.min() == width:
         logger.warning("generate(): padding_mask leaves no position to fill, so nothing is generated; pad token_ids "
                        "with padding_mask 0 up to the length you want.")
@@ -113,4 +129,4 @@ def strip_prompt(outputs: dict, inputs: dict) -> dict:
             "padding_mask": roll(prompt_mask) ^ roll(to_numpy(outputs["padding_mask"]).astype(bool))}
 
 
-__all__ = ["generate_step", "output_padding_mask", "strip_prompt"]
+__all__ = ["check_max_length", "generate_step", "output_padding_mask", "strip_prompt"]

@@ -16,7 +16,7 @@ from ..conversion import BUILTIN_PRESETS, load_model_from_keras_preset, load_tok
 from ..conversion.json_files import read_json
 from ..conversion.keras_preset import PreprocessorSettings, read_metadata, read_preprocessor_settings
 from ..conversion.keras_to_hf import open_keras_preset, parse_dtype
-from ..conversion.resolve import EMBEDDED_PRESETS, is_preset_folder
+from ..conversion.resolve import EMBEDDED_PRESETS, is_preset_folder, preset_file
 from ..modeling_falcon_hf import FalconHFForCausalLM
 from ..tokenization_falcon_hf import FalconHFTokenizer
 
@@ -45,7 +45,7 @@ class PresetFolder:
     @classmethod
     def resolve(cls, preset: str | os.PathLike) -> "PresetFolder":
         path = resolve_preset(preset).path
-        config = path / "config.json"
+        config = preset_file(path, "config.json")  # never read a config a symlink leads elsewhere
         return cls(path, config.is_file() and "model_type" in read_json(config))
 
 

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from ..tokenization_falcon_hf import END_OF_TEXT, FalconHFTokenizer
+from ..tokenization_falcon_hf import END_OF_TEXT, FalconHFTokenizer, check_valid_unicode
 from .presets import classproperty, load_hf_tokenizer, preset_table
 
 KERAS_PAD_TOKEN_ID = 0
@@ -18,8 +18,9 @@ class FalconTokenizer:
     `tokenizer(text)` gives the ids without start or end token (the preprocessor adds them): an int32 array for one
     string, a list of lists for a batch. Unlike keras-hub, merges whose pieces or result are missing from `vocabulary`
     are dropped with one warning instead of raising, so keras-hub's own documentation example runs. The ids agree with
-    keras-hub's except on runs of two or more whitespace characters and on contractions glued to letters (`"go'st"`),
-    where keras-hub's pre-tokenizer does not split as GPT-2 does (see `FalconHFTokenizer`).
+    keras-hub's except on runs of two or more whitespace characters and on contractions GPT-2 does not split off (glued
+    to a letter as in `"go'st"`, or after a space, punctuation or symbol as in `"?'d"`), where keras-hub's
+    pre-tokenizer does not split as GPT-2 does (see `FalconHFTokenizer`). A lone surrogate raises a `ValueError`.
 
     Args:
         vocabulary: a token -> id dict or the path of a `vocabulary.json` / `vocab.json`.
@@ -91,7 +92,11 @@ class FalconTokenizer:
         if not all(isinstance(text, str) for text in texts):
             raise ValueError("FalconTokenizer takes a string or a list of strings.")
         # The `tokenizers` backend directly: no length warnings (the preprocessor truncates), no special tokens.
-        encodings = self.hf_tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+        try:
+            encodings = self.hf_tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+        except TypeError:
+            check_valid_unicode(texts)  # a lone surrogate: say where
+            raise
         return [encoding.ids for encoding in encodings]
 
     __call__ = tokenize

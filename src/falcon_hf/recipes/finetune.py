@@ -7,7 +7,7 @@ Output folder:
 
 ```
 OUTPUT/
-  checkpoints/checkpoint-N/   Trainer checkpoints every `save_steps` (`resume=True` continues from the last)
+  checkpoints/checkpoint-N/   Trainer checkpoints every `save_steps` (`resume=True` continues from the last whole one)
   adapter/                    the LoRA adapter (recipes lora, qlora): `PeftModel.from_pretrained(base, OUTPUT/adapter)`
   merged/                     standalone HF folder (weights merged, tokenizer): `AutoModelForCausalLM.from_pretrained`
   keras_preset/               with `export_keras=True`: `keras_hub.models.FalconCausalLM.from_preset`
@@ -21,6 +21,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -31,7 +32,9 @@ from accelerate.utils import DistributedType
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, Trainer, TrainingArguments,
                           default_data_collator, set_seed)
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import TrainOutput
 from transformers.utils import logging
 
 from ..conversion import convert_keras_preset, export_keras_preset
@@ -48,8 +51,9 @@ DEFAULT_BASE = "tiny_shakespeare"
 CHECKPOINTS, ADAPTER, MERGED, KERAS_PRESET = "checkpoints", "adapter", "merged", "keras_preset"
 METRICS_FILE, CHECKSUMS = "metrics.json", "rank_checksums"
 RUN_ENTRIES = (CHECKPOINTS, ADAPTER, MERGED, KERAS_PRESET, METRICS_FILE, CHECKSUMS)
-FULL_STAGING = ".merged.partial"
+FULL_STAGING, ADAPTER_STAGING = ".merged.partial", ".adapter.partial"  # written by Trainer, then moved in whole
 DROPPED_FROM_MERGED = ("training_args.bin",)  # a pickle of the Trainer's arguments: not part of a model folder
+CHECKPOINT_FOLDER = re.compile(r"checkpoint-(\d+)")
 
 
 @dataclass(frozen=True)
@@ -195,7 +199,7 @@ def check_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def clear_earlier_run(output_dir: Path) -> None:
     """Remove only what a run writes (never other files the user keeps in `output_dir`)."""
-    for name in (*RUN_ENTRIES, FULL_STAGING):
+    for name in (*RUN_ENTRIES, FULL_STAGING, ADAPTER_STAGING):
         path = output_dir / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -301,9 +305,9 @@ def write_merged_lora(base: str | os.PathLike, dtype: torch.dtype, adapter_dir: 
         tokenizer.save_pretrained(tmp)
 
 
-def publish_full_model(staging: Path, merged_dir: Path) -> None:
-    """Move the folder `Trainer.save_model` wrote into place as `merged_dir`, all at once."""
-    with atomic_output_dir(merged_dir, force=True) as tmp:
+def publish_staged_folder(staging: Path, destination: Path) -> None:
+    """Move the folder `Trainer.save_model` wrote into place as `destination` (merged or adapter), all at once."""
+    with atomic_output_dir(destination, force=True) as tmp:
         for entry in staging.iterdir():
             if entry.name not in DROPPED_FROM_MERGED:
                 os.replace(entry, tmp / entry.name)
@@ -431,6 +435,37 @@ def finetune(
     return result
 
 
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest `checkpoint-N` whose `trainer_state.json` (the file `Trainer` writes last) is whole: a run killed
+    while saving leaves a newer, partial checkpoint, which resuming skips (training rewrites it at step N)."""
+    steps = {int(match.group(1)): path for path in (folder.iterdir() if folder.is_dir() else ())
+             if (match := CHECKPOINT_FOLDER.fullmatch(path.name)) and path.is_dir()}
+    for step in sorted(steps, reverse=True):
+        try:
+            json.loads((steps[step] / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.warning(f"resume: skipping {steps[step]}, saved only in part (the run was stopped while saving it).")
+            continue
+        return str(steps[step])
+    return None
+
+
+def is_final_checkpoint(checkpoint: str | None, args: TrainingArguments) -> bool:
+    """Whether `checkpoint` already holds all `max_steps` (a run stopped after training, while saving its outputs)."""
+    if checkpoint is None or args.max_steps <= 0:
+        return False
+    return TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME)).global_step >= args.max_steps
+
+
+def load_final_checkpoint(trainer: Trainer, checkpoint: str) -> TrainOutput:
+    """Load a finished run's last checkpoint without training: transformers 5.24's `train(resume_from_checkpoint=)`
+    would run one step past `max_steps` when resuming mid-epoch at it. The training loss is the mean logged loss."""
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return TrainOutput(trainer.state.global_step, sum(losses) / max(len(losses), 1), {})
+
+
 def train_and_save(base, recipe: Recipe, args: TrainingArguments, blocks, tokenizer, dtype: torch.dtype,
                    output_dir: Path, *, resume: bool, lora: tuple, rank_checksums: bool) -> dict:
     """Build the model, train (from the last checkpoint with `resume`) with evaluations, save adapter or model."""
@@ -444,16 +479,19 @@ def train_and_save(base, recipe: Recipe, args: TrainingArguments, blocks, tokeni
         processing_class=tokenizer, data_collator=default_data_collator,
     )
     warn_if_fsdp_dropped(trainer)
-    checkpoint = get_last_checkpoint(args.output_dir) if resume and Path(args.output_dir).is_dir() else None
+    checkpoint = last_complete_checkpoint(Path(args.output_dir)) if resume else None
     if resume and checkpoint is None:
         logger.warning(f"resume: no checkpoint in {args.output_dir}; starting from the base model.")
-    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    if is_final_checkpoint(checkpoint, args):
+        train_output = load_final_checkpoint(trainer, checkpoint)
+    else:
+        train_output = trainer.train(resume_from_checkpoint=checkpoint)
     evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
     before = evaluations[0]  # eval_on_start's, at step 0 (kept in the checkpoint's history when resuming)
     after = evaluations[-1] if evaluations[-1]["step"] == trainer.state.global_step else trainer.evaluate()
     if rank_checksums:
         write_rank_checksum(trainer, output_dir)
-    trainer.save_model(str(output_dir / (ADAPTER if recipe.adapter else FULL_STAGING)))
+    trainer.save_model(str(output_dir / (ADAPTER_STAGING if recipe.adapter else FULL_STAGING)))
     return {
         "recipe": recipe.name,
         "base": os.fspath(base),
@@ -475,9 +513,10 @@ def train_and_save(base, recipe: Recipe, args: TrainingArguments, blocks, tokeni
 def publish(result: FinetuneResult, base, recipe: Recipe, dtype: torch.dtype, tokenizer) -> None:
     """Main process: write the merged folder, the optional Keras preset and `metrics.json`."""
     if recipe.adapter:
+        publish_staged_folder(result.output_dir / ADAPTER_STAGING, result.adapter_dir)
         write_merged_lora(base, dtype, result.adapter_dir, result.merged_dir, tokenizer)
     else:
-        publish_full_model(result.output_dir / FULL_STAGING, result.merged_dir)
+        publish_staged_folder(result.output_dir / FULL_STAGING, result.merged_dir)
     logger.info(f"Merged model written to {result.merged_dir}")
     if result.keras_preset_dir is not None:
         export_keras_preset(result.merged_dir, result.keras_preset_dir, force=True)
