@@ -2,6 +2,7 @@
 
 `--runslow` also runs the tests marked `slow` (full-size or multi-minute work)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -208,3 +209,16 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def detached_preprocessor(*models):
+    """keras-hub's `generate`/`fit`/`evaluate` take token-id dicts only with `preprocessor=None`."""
+    saved = [model.preprocessor for model in models]
+    for model in models:
+        model.preprocessor = None
+    try:
+        yield
+    finally:
+        for model, preprocessor in zip(models, saved):
+            model.preprocessor = preprocessor

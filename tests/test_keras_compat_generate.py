@@ -5,11 +5,12 @@ prompts avoid the two places where the tokenizers differ (runs of 2+ whitespace 
 letters such as "go'st").
 """
 
-import contextlib
 import itertools
 
 import numpy as np
 import pytest
+
+from conftest import detached_preprocessor
 
 from falcon_hf.models import FalconCausalLM
 
@@ -29,19 +30,6 @@ def theirs(tiny_keras_preset):
 def twins(theirs, tiny_keras_preset):
     theirs.compile(sampler="greedy")
     return FalconCausalLM.from_preset(str(tiny_keras_preset)), theirs
-
-
-@contextlib.contextmanager
-def detached_preprocessor(*models):
-    """keras-hub's `generate` takes token-id dicts only with `preprocessor=None`."""
-    saved = [model.preprocessor for model in models]
-    for model in models:
-        model.preprocessor = None
-    try:
-        yield
-    finally:
-        for model, preprocessor in zip(models, saved):
-            model.preprocessor = preprocessor
 
 
 def right_padded_prompts(start_id: int, width: int = 12) -> dict:

@@ -4,11 +4,12 @@ keras-hub's defaults are the reference: its preprocessor's (x, y, sample_weight)
 summed over batch * length), Adam(2e-5) with Keras' epsilon, and its History.
 """
 
-import contextlib
 import functools
 
 import numpy as np
 import pytest
+
+from conftest import detached_preprocessor
 import torch
 
 from falcon_hf.models import FalconCausalLM
@@ -29,19 +30,6 @@ def theirs(tiny_keras_preset):
 @pytest.fixture
 def ours(tiny_keras_preset):
     return FalconCausalLM.from_preset(str(tiny_keras_preset))
-
-
-@contextlib.contextmanager
-def detached_preprocessor(*models):
-    """keras-hub's `fit`/`evaluate` take preprocessed dicts only with `preprocessor=None`."""
-    saved = [model.preprocessor for model in models]
-    for model in models:
-        model.preprocessor = None
-    try:
-        yield
-    finally:
-        for model, preprocessor in zip(models, saved):
-            model.preprocessor = preprocessor
 
 
 def numpy_tree(value):
