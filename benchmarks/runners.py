@@ -128,9 +128,24 @@ class HFRunner:
 
 
 class FalconHFRunner(HFRunner):
+    """falcon_hf from the HF folder. Decode runs with its CPU kernels (the default) and, as `...+F.linear`, without
+    them (`modeling_falcon_hf.small_batch_linear` unset for the call), which shows what the kernels contribute."""
+
     impl: ClassVar[str] = "falcon_hf"
-    variants: ClassVar[dict[str, tuple[str, ...]]] = {"decode": ("sdpa+dynamic", "sdpa+static"), "prefill": ("sdpa",), "train": ("sdpa",)}
+    variants: ClassVar[dict[str, tuple[str, ...]]] = {
+        "decode": ("sdpa+dynamic", "sdpa+static", "sdpa+dynamic+F.linear"), "prefill": ("sdpa",), "train": ("sdpa",)}
     compile_variant = "sdpa+static+compile"
+
+    def decode(self, variant: str, batch: int, new_tokens: int) -> None:
+        import falcon_hf.modeling_falcon_hf as modeling
+
+        kernel = modeling.small_batch_linear
+        if variant.endswith("+F.linear"):
+            modeling.small_batch_linear = None
+        try:
+            super().decode(variant, batch, new_tokens)
+        finally:
+            modeling.small_batch_linear = kernel
 
     def load(self, checkpoints: Checkpoints, dtype: torch.dtype):
         from falcon_hf import FalconHFForCausalLM

@@ -27,6 +27,11 @@ from .configuration_falcon_hf import FalconHFConfig
 
 logger = logging.get_logger(__name__)
 
+try:  # the plugin's CPU decode kernels; `trust_remote_code` copies of this file run without them
+    small_batch_linear = importlib.import_module("falcon_hf.kernels").small_batch_linear
+except ImportError:
+    small_batch_linear = None
+
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
     """ALiBi slopes for any head count, as keras-hub (and the ALiBi paper) define them.
@@ -83,6 +88,21 @@ def alibi_bias(slopes: torch.Tensor, allowed: torch.Tensor, scaling: float, dtyp
     return bias.masked_fill(~allowed, torch.finfo(dtype).min).to(dtype)
 
 
+class FalconHFLinear(nn.Linear):
+    """`nn.Linear` that runs CPU inference on 1-8 rows (a decode step) through falcon_hf's small-batch kernel.
+
+    Same parameters, state dict and module type as `nn.Linear` (peft, quantizers and hooks see a Linear); training,
+    GPUs, `torch.compile` and unsupported dtypes take `F.linear`. `FALCON_HF_CPU_KERNELS=0` turns the kernel off.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if small_batch_linear is not None and not torch.compiler.is_compiling():
+            output = small_batch_linear(input, self.weight, self.bias)
+            if output is not None:
+                return output
+        return nn.functional.linear(input, self.weight, self.bias)
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -116,8 +136,8 @@ class FalconHFAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
-        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query_key_value = FalconHFLinear(config.hidden_size, 3 * config.hidden_size)
+        self.dense = FalconHFLinear(config.hidden_size, config.hidden_size)
 
     def forward(
         self,
@@ -154,8 +174,8 @@ class FalconHFAttention(nn.Module):
 class FalconHFMLP(nn.Module):
     def __init__(self, config: FalconHFConfig):
         super().__init__()
-        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense_h_to_4h = FalconHFLinear(config.hidden_size, config.intermediate_size)
+        self.dense_4h_to_h = FalconHFLinear(config.intermediate_size, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # Exact (erf) GELU: keras.activations.gelu defaults to approximate=False.
@@ -328,7 +348,7 @@ class FalconHFForCausalLM(FalconHFPreTrainedModel, GenerationMixin):
     def __init__(self, config: FalconHFConfig):
         super().__init__(config)
         self.transformer = FalconHFModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = FalconHFLinear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def create_masks_for_generate(

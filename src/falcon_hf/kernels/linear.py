@@ -1,0 +1,73 @@
+"""`small_batch_linear`: `F.linear` for CPU inference on a few rows (decode steps), through `small_batch_linear.c`."""
+
+import torch
+
+from .build import load
+
+FLOAT32_MIN_ROWS = 2  # one float32 row is a matrix-vector product: MKL's streams as fast, without the ctypes call
+MAX_ROWS = 8  # float32, and bfloat16 without AMX
+AMX_MAX_ROWS = 16  # one AMX tile holds 16 rows of x
+AMX_IN_FEATURES_MULTIPLE = 32  # a tile row is 32 bfloat16 inputs
+PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)  # no subclasses: DTensor, quantized or offloaded wrappers
+
+
+def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """`F.linear(x, weight, bias)` computed by the small-batch kernel, or None where that kernel does not apply.
+
+    It applies to float32 CPU tensors of 2 to 8 rows of `x` (its leading dimensions multiplied) and bfloat16 ones of 1
+    to 8 (16 on AMX), a contiguous (out, in) weight and bias of the same dtype, and no gradient to record; the caller
+    falls back to `F.linear` on None. Called once per linear layer per decode step, so the checks stay cheap.
+    """
+    dtype = x.dtype
+    if (dtype is not torch.float32 and dtype is not torch.bfloat16) or not x.is_cpu or x.dim() == 0:
+        return None
+    in_features = x.shape[-1]
+    if in_features == 0 or not _plain(weight, dtype) or weight.dim() != 2 or weight.shape[1] != in_features:
+        return None
+    rows = x.numel() // in_features
+    out_features = weight.shape[0]
+    if rows == 0 or rows > AMX_MAX_ROWS or (bias is not None and not (_plain(bias, dtype) and bias.shape == (out_features,))):
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+        return None
+    library = load()
+    if dtype is torch.float32:
+        function = (
+            library.library.falcon_hf_linear_f32 if library.float32 and FLOAT32_MIN_ROWS <= rows <= MAX_ROWS else None
+        )
+    elif library.amx and in_features % AMX_IN_FEATURES_MULTIPLE == 0:
+        function = library.library.falcon_hf_linear_bf16_amx
+    else:
+        function = library.library.falcon_hf_linear_bf16 if library.bfloat16 and rows <= MAX_ROWS else None
+    if function is None:
+        return None
+    rows_of_x = x.reshape(rows, in_features)
+    if rows_of_x.stride(1) != 1:
+        rows_of_x = rows_of_x.contiguous()
+    output = torch.empty((rows, out_features), dtype=dtype)
+    status = function(
+        rows_of_x.data_ptr(),
+        rows_of_x.stride(0),
+        weight.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        output.data_ptr(),
+        out_features,
+        rows,
+        out_features,
+        in_features,
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        raise RuntimeError(f"falcon_hf's small_batch_linear kernel failed (status {status}) on {rows} x {in_features}")
+    return output.view(x.shape[:-1] + (out_features,))
+
+
+def _plain(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
+    """A dense, contiguous CPU tensor of `dtype` whose data pointer is all it holds."""
+    return (
+        type(tensor) in PLAIN_TENSOR_TYPES
+        and tensor.dtype is dtype
+        and tensor.is_cpu
+        and tensor.layout is torch.strided
+        and tensor.is_contiguous()
+    )
