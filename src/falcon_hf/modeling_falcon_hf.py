@@ -27,10 +27,11 @@ from .configuration_falcon_hf import FalconHFConfig
 
 logger = logging.get_logger(__name__)
 
-try:  # the plugin's CPU decode kernels; `trust_remote_code` copies of this file run without them
+# The plugin's CPU decode kernels. `trust_remote_code` copies of this file (another package) run on F.linear alone and
+# never import the plugin.
+small_batch_linear = None
+if __package__ == "falcon_hf":
     small_batch_linear = importlib.import_module("falcon_hf.kernels").small_batch_linear
-except ImportError:
-    small_batch_linear = None
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
