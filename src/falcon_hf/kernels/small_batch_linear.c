@@ -5,8 +5,8 @@
  * (bfloat16 at 1 row, float32 at 8 rows); these loops read each weight row once for all rows of x, keep 16
  * accumulators in registers, prefetch the next row block and split the output rows between torch's OpenMP threads.
  *
- * float32: AVX-512F fused multiply-adds. bfloat16: AMX tile products where the CPU has them, else AVX512-BF16 pair dot
- * products; both accumulate in float32, add the bias in float32 and round once to bfloat16 (what oneDNN's bfloat16
+ * float32: AVX-512F fused multiply-adds. bfloat16: AMX tile products for 2-16 rows where the CPU has them, else (and
+ * for one row, which streams faster 4 weight rows at a time) AVX512-BF16 pair dot products; both accumulate in float32, add the bias in float32 and round once to bfloat16 (what oneDNN's bfloat16
  * linear does). Only the summation order differs from torch's kernels.
  *
  * Built and loaded by `build.py` (plain C, no torch headers); called through ctypes by `linear.py`, which checks
