@@ -93,7 +93,15 @@ def bind(library: ctypes.CDLL) -> ctypes.CDLL:
 
 @functools.cache
 def load() -> KernelLibrary:
-    """Build (first time) and load the library; never raises: an unavailable library says why in `reason`."""
+    """Build (first time) and load the library; never raises: an unavailable library says why in `reason` (logged
+    once at info level; a failed build is a warning)."""
+    library = build_and_load()
+    if library.library is None:
+        logger.info("falcon_hf's CPU decode kernels are off (%s); linear layers use torch's F.linear.", library.reason)
+    return library
+
+
+def build_and_load() -> KernelLibrary:
     if os.environ.get(DISABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return KernelLibrary(None, False, False, False, f"disabled by {DISABLE_ENV}=0")
     flags = cpu_flags()
