@@ -23,19 +23,19 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if (dtype is not torch.float32 and dtype is not torch.bfloat16) or not x.is_cpu or x.dim() == 0:
         return None
     in_features = x.shape[-1]
-    if in_features == 0 or not _plain(weight, dtype) or weight.dim() != 2 or weight.shape[1] != in_features:
+    rows = x.numel() // in_features if in_features else 0
+    if not 0 < rows <= AMX_MAX_ROWS or (dtype is torch.float32 and not FLOAT32_MIN_ROWS <= rows <= MAX_ROWS):
+        return None  # checked first: prefill, training batches and 1-row float32 steps leave here
+    if not _plain(weight, dtype) or weight.dim() != 2 or weight.shape[1] != in_features:
         return None
-    rows = x.numel() // in_features
     out_features = weight.shape[0]
-    if rows == 0 or rows > AMX_MAX_ROWS or (bias is not None and not (_plain(bias, dtype) and bias.shape == (out_features,))):
+    if bias is not None and not (_plain(bias, dtype) and bias.shape == (out_features,)):
         return None
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
         return None
     library = load()
     if dtype is torch.float32:
-        function = (
-            library.library.falcon_hf_linear_f32 if library.float32 and FLOAT32_MIN_ROWS <= rows <= MAX_ROWS else None
-        )
+        function = library.library.falcon_hf_linear_f32 if library.float32 else None
     elif library.amx and rows >= AMX_MIN_ROWS and in_features % AMX_IN_FEATURES_MULTIPLE == 0:
         function = library.library.falcon_hf_linear_bf16_amx
     else:
