@@ -6,8 +6,9 @@
  * accumulators in registers, prefetch the next row block and split the output rows between torch's OpenMP threads.
  *
  * float32: AVX-512F fused multiply-adds. bfloat16: AMX tile products for 2-16 rows where the CPU has them, else (and
- * for one row, which streams faster 4 weight rows at a time) AVX512-BF16 pair dot products; both accumulate in float32, add the bias in float32 and round once to bfloat16 (what oneDNN's bfloat16
- * linear does). Only the summation order differs from torch's kernels.
+ * for one row, which streams faster 4 weight rows at a time) AVX512-BF16 pair dot products; both accumulate in
+ * float32, add the bias in float32 and round once to bfloat16 (what oneDNN's bfloat16 linear does). Only the
+ * summation order differs from torch's kernels.
  *
  * Built and loaded by `build.py` (plain C, no torch headers); called through ctypes by `linear.py`, which checks
  * shapes, dtypes, strides and devices before any pointer reaches this file.
@@ -99,10 +100,10 @@ typedef void (*bf16_fn)(const uint16_t*, long, const uint16_t*, const uint16_t*,
 static const f32_fn F32[9] = {0, f32_m1, f32_m2, f32_m3, f32_m4, f32_m5, f32_m6, f32_m7, f32_m8};
 static const bf16_fn BF16[9] = {0, bf16_m1, bf16_m2, bf16_m3, bf16_m4, bf16_m5, bf16_m6, bf16_m7, bf16_m8};
 
-/* Each thread takes one contiguous block of output rows (a multiple of 4). */
-static inline void split(long O, long* o0, long* o1) {
+/* Each thread takes one contiguous block of output rows, a multiple of `step` long. */
+static inline void split(long O, long step, long* o0, long* o1) {
   const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-  const long per = ((O + nt - 1) / nt + 3) / 4 * 4;
+  const long per = ((O + nt - 1) / nt + step - 1) / step * step;
   *o0 = t * per < O ? t * per : O; *o1 = *o0 + per < O ? *o0 + per : O;
 }
 
@@ -112,14 +113,14 @@ int falcon_hf_linear_f32(const float* x, long ldx, const float* w, const float* 
                          long I, int threads) {
   if (M < 1 || M > 8) return 1;
   #pragma omp parallel num_threads(threads)
-  { long o0, o1; split(O, &o0, &o1); if (o0 < o1) F32[M](x, ldx, w, b, y, ldy, o0, o1, I); }
+  { long o0, o1; split(O, 4, &o0, &o1); if (o0 < o1) F32[M](x, ldx, w, b, y, ldy, o0, o1, I); }
   return 0;
 }
 int falcon_hf_linear_bf16(const uint16_t* x, long ldx, const uint16_t* w, const uint16_t* b, uint16_t* y, long ldy,
                           long M, long O, long I, int threads) {
   if (M < 1 || M > 8) return 1;
   #pragma omp parallel num_threads(threads)
-  { long o0, o1; split(O, &o0, &o1); if (o0 < o1) BF16[M](x, ldx, w, b, y, ldy, o0, o1, I); }
+  { long o0, o1; split(O, 4, &o0, &o1); if (o0 < o1) BF16[M](x, ldx, w, b, y, ldy, o0, o1, I); }
   return 0;
 }
 
@@ -132,7 +133,7 @@ int falcon_hf_amx_enable(void) { return (int)syscall(SYS_arch_prctl, ARCH_REQ_XC
  * packed once as the VNNI "B" operand (I/2 x M x 2), so one tile product covers 16 outputs x 32 inputs x all M rows
  * and the loop is bound by how fast W streams, not by arithmetic (AVX512-BF16 dot products are, from about 4 rows).
  * Requires I % 32 == 0 and 1 <= M <= 16; returns 0, 1 for unsupported sizes, 2 if out of memory. Output rows past the
- * last multiple of 16 are summed in plain loops. */
+ * last multiple of 16 go through the dot-product kernels. */
 int falcon_hf_linear_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, const uint16_t* b, uint16_t* y, long ldy,
                               long M, long O, long I, int threads) {
   if (M < 1 || M > 16 || I % 32) return 1;
@@ -143,20 +144,20 @@ int falcon_hf_linear_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, co
       packed[(kp * M + m) * 2] = x[m * ldx + 2 * kp];
       packed[(kp * M + m) * 2 + 1] = x[m * ldx + 2 * kp + 1];
     }
-  const long blocks = O / 16;
+  const long tiled = O / 16 * 16;
   #pragma omp parallel num_threads(threads)
   {
-    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const long per = (blocks + nt - 1) / nt, b0 = t * per, b1 = b0 + per < blocks ? b0 + per : blocks;
-    if (b0 < b1) {
+    long o0, o1;
+    split(tiled, 16, &o0, &o1);
+    if (o0 < o1) {
       tile_config cfg; memset(&cfg, 0, sizeof cfg); cfg.palette_id = 1;
       cfg.rows[0] = 16; cfg.colsb[0] = (uint16_t)(M * 4);   /* C: 16 output rows x M floats */
       cfg.rows[1] = 16; cfg.colsb[1] = 64;                  /* A: 16 weight rows x 32 bf16 */
       cfg.rows[2] = 16; cfg.colsb[2] = (uint16_t)(M * 4);   /* B: 16 k-pairs x M x 2 bf16 */
       _tile_loadconfig(&cfg);
       float c[16 * 16];
-      for (long blk = b0; blk < b1; blk++) {
-        const uint16_t* a = w + blk * 16 * I;
+      for (long o = o0; o < o1; o += 16) {
+        const uint16_t* a = w + o * I;
         _tile_zero(0);
         for (long k = 0; k < I; k += 32) {
           _tile_loadd(1, a + k, I * 2);
@@ -165,19 +166,15 @@ int falcon_hf_linear_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, co
         }
         _tile_stored(0, c, M * 4);
         for (int r = 0; r < 16; r++) {
-          const long o = blk * 16 + r; const float bias = b ? bf16_to_f32(b[o]) : 0.f;
-          for (long m = 0; m < M; m++) y[m * ldy + o] = f32_to_bf16(c[r * M + m] + bias);
+          const float bias = b ? bf16_to_f32(b[o + r]) : 0.f;
+          for (long m = 0; m < M; m++) y[m * ldy + o + r] = f32_to_bf16(c[r * M + m] + bias);
         }
       }
       _tile_release();
     }
   }
-  for (long o = blocks * 16; o < O; o++)
-    for (long m = 0; m < M; m++) {
-      float s = b ? bf16_to_f32(b[o]) : 0.f;
-      for (long i = 0; i < I; i++) s += bf16_to_f32(x[m * ldx + i]) * bf16_to_f32(w[o * I + i]);
-      y[m * ldy + o] = f32_to_bf16(s);
-    }
+  for (long m = 0; tiled < O && m < M; m += 8)  /* the last O % 16 rows, 8 rows of x at a time */
+    BF16[M - m < 8 ? M - m : 8](x + m * ldx, ldx, w, b, y + m * ldy, ldy, tiled, O, I);
   free(packed);
   return 0;
 }
