@@ -45,6 +45,10 @@ class KernelLibrary:
     amx: bool  # bfloat16 through AMX tiles (the OS granted them)
     reason: str  # why it is unavailable, or where it was loaded from
 
+    @classmethod
+    def unavailable(cls, reason: str) -> "KernelLibrary":
+        return cls(None, False, False, False, reason)
+
 
 def cpu_flags() -> set[str]:
     """The CPU feature flags Linux reports (empty elsewhere)."""
@@ -103,13 +107,13 @@ def load() -> KernelLibrary:
 
 def build_and_load() -> KernelLibrary:
     if os.environ.get(DISABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
-        return KernelLibrary(None, False, False, False, f"disabled by {DISABLE_ENV}=0")
+        return KernelLibrary.unavailable(f"disabled by {DISABLE_ENV}=0")
     flags = cpu_flags()
     if platform.machine() not in ("x86_64", "AMD64") or not FLOAT32_CPU_FLAGS <= flags:
-        return KernelLibrary(None, False, False, False, "this CPU has no AVX-512 (needs fma, avx512f, avx512bw)")
+        return KernelLibrary.unavailable("this CPU has no AVX-512 (needs fma, avx512f, avx512bw)")
     cc = compiler()
     if cc is None:
-        return KernelLibrary(None, False, False, False, "no C compiler found (set CC, or install gcc)")
+        return KernelLibrary.unavailable("no C compiler found (set CC, or install gcc)")
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
         key = hashlib.sha256("\n".join([SOURCE.read_text(), cc, version, *FLAGS]).encode()).hexdigest()[:16]
@@ -121,6 +125,6 @@ def build_and_load() -> KernelLibrary:
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", None) or error
         logger.warning_once(f"falcon_hf's CPU decode kernels could not be built ({detail}); using torch's F.linear.")
-        return KernelLibrary(None, False, False, False, f"build failed: {detail}")
+        return KernelLibrary.unavailable(f"build failed: {detail}")
     amx = AMX_CPU_FLAGS <= flags and library.falcon_hf_amx_enable() == 0
     return KernelLibrary(library, True, BFLOAT16_CPU_FLAGS <= flags, amx, str(target))
