@@ -78,6 +78,9 @@ class HFRunner:
     def load(self, checkpoints: Checkpoints, dtype: torch.dtype):
         raise NotImplementedError
 
+    def prepare(self, variant: str) -> None:
+        """Untimed set-up before each run of `variant` (nothing here)."""
+
     def _use_attention(self, variant: str) -> None:
         attention = variant.split("+")[0]
         if self.model.config._attn_implementation != attention:
@@ -128,24 +131,40 @@ class HFRunner:
 
 
 class FalconHFRunner(HFRunner):
-    """falcon_hf from the HF folder. Decode runs with its CPU kernels (the default) and, as `...+F.linear`, without
-    them (`modeling_falcon_hf.small_batch_linear` unset for the call), which shows what the kernels contribute."""
+    """falcon_hf from the HF folder. Decode runs as users get it (CPU kernels on, large weights on huge pages) and with
+    those switched off one at a time: `...+F.linear` unsets `modeling_falcon_hf.small_batch_linear` for the call, and
+    `...+small-pages` also copies the weights back to torch's own (4 KiB) pages before the timer starts, which shows
+    what each contributes. Every other variant first puts the weights back on huge pages, also untimed."""
 
     impl: ClassVar[str] = "falcon_hf"
     variants: ClassVar[dict[str, tuple[str, ...]]] = {
-        "decode": ("sdpa+dynamic", "sdpa+static", "sdpa+dynamic+F.linear"), "prefill": ("sdpa",), "train": ("sdpa",)}
+        "decode": ("sdpa+dynamic", "sdpa+static", "sdpa+dynamic+F.linear", "sdpa+dynamic+F.linear+small-pages"),
+        "prefill": ("sdpa",), "train": ("sdpa",)}
     compile_variant = "sdpa+static+compile"
+
+    def prepare(self, variant: str) -> None:
+        from falcon_hf.kernels import huge_pages
+
+        if variant.endswith("+small-pages"):
+            for parameter in self.model.parameters():
+                if hasattr(parameter, huge_pages.PLACED):
+                    parameter.data = parameter.data.clone()
+                    delattr(parameter, huge_pages.PLACED)
+        else:
+            huge_pages.place_weights_on_huge_pages(self.model)
 
     def decode(self, variant: str, batch: int, new_tokens: int) -> None:
         import falcon_hf.modeling_falcon_hf as modeling
 
-        kernel = modeling.small_batch_linear
-        if variant.endswith("+F.linear"):
+        kernel, placer = modeling.small_batch_linear, modeling.place_weights_on_huge_pages
+        if "+F.linear" in variant:
             modeling.small_batch_linear = None
+        if variant.endswith("+small-pages"):
+            modeling.place_weights_on_huge_pages = None
         try:
             super().decode(variant, batch, new_tokens)
         finally:
-            modeling.small_batch_linear = kernel
+            modeling.small_batch_linear, modeling.place_weights_on_huge_pages = kernel, placer
 
     def load(self, checkpoints: Checkpoints, dtype: torch.dtype):
         from falcon_hf import FalconHFForCausalLM
@@ -184,6 +203,9 @@ class KerasHubRunner:
                                                                   dtype=dtype)
         self.model.compile(sampler="greedy")  # CausalLM.compile() defaults to top-k
         self.vocab_size = self.model.backbone.vocabulary_size
+
+    def prepare(self, variant: str) -> None:
+        """Nothing to set up untimed."""
 
     def decode(self, variant: str, batch: int, new_tokens: int) -> None:
         total = self.lengths.prompt + new_tokens
@@ -250,6 +272,7 @@ def measure(runner, workload: Workload, variant: str, warmup: bool = False) -> f
     """Seconds of one run of `workload` (untimed set-up excluded). A warm-up decode is short, except for compiled
     variants whose graphs depend on the cache length; training always takes one untimed step first, on a fresh
     optimizer that is dropped afterwards."""
+    runner.prepare(variant)
     if workload.kind == "decode":
         new_tokens = runner.lengths.new_tokens
         if warmup and "compile" not in variant:

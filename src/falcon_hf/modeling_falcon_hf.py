@@ -5,6 +5,7 @@ The computation is exactly keras-hub's `FalconBackbone` / `FalconCausalLM`; the 
 """
 
 import copy
+import functools
 import importlib
 import math
 from collections.abc import Callable
@@ -27,11 +28,12 @@ from .configuration_falcon_hf import FalconHFConfig
 
 logger = logging.get_logger(__name__)
 
-# The plugin's CPU decode kernels. `trust_remote_code` copies of this file (another package) run on F.linear alone and
-# never import the plugin.
-small_batch_linear = None
+# The plugin's CPU decode kernels and huge-page weights. `trust_remote_code` copies of this file (another package) run
+# on F.linear alone and never import the plugin.
+small_batch_linear = place_weights_on_huge_pages = None
 if __package__ == "falcon_hf":
-    small_batch_linear = importlib.import_module("falcon_hf.kernels").small_batch_linear
+    kernels = importlib.import_module("falcon_hf.kernels")
+    small_batch_linear, place_weights_on_huge_pages = kernels.small_batch_linear, kernels.place_weights_on_huge_pages
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -357,6 +359,14 @@ class FalconHFForCausalLM(FalconHFPreTrainedModel, GenerationMixin):
     ) -> torch.Tensor:
         """Boolean 4D masks for compiled/static-cache generation, whatever the attention kernel (ALiBi needs them)."""
         return allowed_attention(self.transformer._mask_config, inputs_embeds, attention_mask, cache)
+
+    @functools.wraps(GenerationMixin.generate)
+    def generate(self, *args, **kwargs):
+        # A decode step streams every weight: on CPU, first move the large ones onto 2 MiB pages (once; see
+        # `falcon_hf.kernels.huge_pages`).
+        if place_weights_on_huge_pages is not None:
+            place_weights_on_huge_pages(self)
+        return super().generate(*args, **kwargs)
 
     # Generation input checks transformers leaves out: an empty prompt or batch would fail deep in the model, and a
     # length past `max_position_embeddings` (the documented limit) only gets a logged reminder there.

@@ -1,6 +1,8 @@
-"""CPU kernels for decoding: small-batch linear layers that stream the weights near the memory bandwidth."""
+"""CPU decoding: small-batch linear kernels that stream the weights near the memory bandwidth, and weights kept on
+huge pages so that streaming misses the TLB less."""
 
 from .build import KernelLibrary, load
+from .huge_pages import place_weights_on_huge_pages
 from .linear import small_batch_linear
 
-__all__ = ["KernelLibrary", "load", "small_batch_linear"]
+__all__ = ["KernelLibrary", "load", "place_weights_on_huge_pages", "small_batch_linear"]
