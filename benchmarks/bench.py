@@ -318,8 +318,9 @@ def run_benchmark(settings: Settings, weights_dir: Path, bandwidth_bytes: int = 
             "date": now_iso(),
             "duration_s": time.perf_counter() - started,
             "versions": versions(),
-            "machine": machine_info(bandwidth, f"the faster of torch.sum and a matrix-vector product over "
-                                               f"{bandwidth_bytes / GIB:g} GiB of float32, best of {BANDWIDTH_REPEATS}"),
+            "machine": machine_info(bandwidth, f"the fastest of torch.sum and a matrix-vector product over "
+                                               f"{bandwidth_bytes / GIB:g} GiB of float32, on torch's pages and on "
+                                               f"2 MiB pages where available, best of {BANDWIDTH_REPEATS}"),
             "settings": {"configs": list(settings.configs), "dtypes": list(settings.dtypes),
                          "workloads": [w.name for w in settings.workloads], "reps": settings.reps,
                          "lengths": asdict(settings.lengths), "isolation": settings.isolation,

@@ -4,7 +4,6 @@ import torch
 
 from .build import load
 
-FLOAT32_MIN_ROWS = 2  # one float32 row is a matrix-vector product: MKL's streams as fast, without the ctypes call
 MAX_ROWS = 8  # float32, and bfloat16 without AMX
 AMX_MIN_ROWS = 2  # one bfloat16 row: the dot-product kernel streams 1.31B-shaped weights ~15% faster (4 rows at a time)
 AMX_MAX_ROWS = 16  # one AMX tile holds 16 rows of x
@@ -15,7 +14,7 @@ PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)  # no subclasses: DTenso
 def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
     """`F.linear(x, weight, bias)` computed by the small-batch kernel, or None where that kernel does not apply.
 
-    It applies to float32 CPU tensors of 2 to 8 rows of `x` (its leading dimensions multiplied) and bfloat16 ones of 1
+    It applies to float32 CPU tensors of 1 to 8 rows of `x` (its leading dimensions multiplied) and bfloat16 ones of 1
     to 8 (16 on AMX), a contiguous (out, in) weight and bias of the same dtype, and no gradient to record; the caller
     falls back to `F.linear` on None. Called once per linear layer per decode step, so the checks stay cheap.
     """
@@ -24,8 +23,8 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         return None
     in_features = x.shape[-1]
     rows = x.numel() // in_features if in_features else 0
-    if not 0 < rows <= AMX_MAX_ROWS or (dtype is torch.float32 and not FLOAT32_MIN_ROWS <= rows <= MAX_ROWS):
-        return None  # checked first: prefill, training batches and 1-row float32 steps leave here
+    if not 0 < rows <= AMX_MAX_ROWS or (dtype is torch.float32 and rows > MAX_ROWS):
+        return None  # checked first: prefill and training batches leave here
     if not _plain(weight, dtype) or weight.dim() != 2 or weight.shape[1] != in_features:
         return None
     out_features = weight.shape[0]
