@@ -78,8 +78,8 @@ class HFRunner:
     def load(self, checkpoints: Checkpoints, dtype: torch.dtype):
         raise NotImplementedError
 
-    def prepare(self, variant: str) -> None:
-        """Untimed set-up before each run of `variant` (nothing here)."""
+    def prepare(self, kind: str, variant: str) -> None:
+        """Untimed set-up before each run of `variant` of a `kind` workload (nothing here)."""
 
     def _use_attention(self, variant: str) -> None:
         attention = variant.split("+")[0]
@@ -134,7 +134,8 @@ class FalconHFRunner(HFRunner):
     """falcon_hf from the HF folder. Decode runs as users get it (CPU kernels on, large weights on huge pages) and with
     those switched off one at a time: `...+F.linear` unsets `modeling_falcon_hf.small_batch_linear` for the call, and
     `...+small-pages` also copies the weights back to torch's own (4 KiB) pages before the timer starts, which shows
-    what each contributes. Every other variant first puts the weights back on huge pages, also untimed."""
+    what each contributes. Untimed before each run, the weights go where a user's would be: on huge pages for decode
+    and prefill (`generate` puts them there), on torch's pages for training (a `Trainer` never calls `generate`)."""
 
     impl: ClassVar[str] = "falcon_hf"
     variants: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -142,10 +143,10 @@ class FalconHFRunner(HFRunner):
         "prefill": ("sdpa",), "train": ("sdpa",)}
     compile_variant = "sdpa+static+compile"
 
-    def prepare(self, variant: str) -> None:
+    def prepare(self, kind: str, variant: str) -> None:
         from falcon_hf.kernels import huge_pages
 
-        if variant.endswith("+small-pages"):
+        if kind == "train" or variant.endswith("+small-pages"):
             for parameter in self.model.parameters():
                 if hasattr(parameter, huge_pages.PLACED):
                     parameter.data = parameter.data.clone()
@@ -204,7 +205,7 @@ class KerasHubRunner:
         self.model.compile(sampler="greedy")  # CausalLM.compile() defaults to top-k
         self.vocab_size = self.model.backbone.vocabulary_size
 
-    def prepare(self, variant: str) -> None:
+    def prepare(self, kind: str, variant: str) -> None:
         """Nothing to set up untimed."""
 
     def decode(self, variant: str, batch: int, new_tokens: int) -> None:
@@ -272,7 +273,7 @@ def measure(runner, workload: Workload, variant: str, warmup: bool = False) -> f
     """Seconds of one run of `workload` (untimed set-up excluded). A warm-up decode is short, except for compiled
     variants whose graphs depend on the cache length; training always takes one untimed step first, on a fresh
     optimizer that is dropped afterwards."""
-    runner.prepare(variant)
+    runner.prepare(workload.kind, variant)
     if workload.kind == "decode":
         new_tokens = runner.lengths.new_tokens
         if warmup and "compile" not in variant:
