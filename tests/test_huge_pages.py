@@ -1,6 +1,7 @@
 """`falcon_hf.kernels.huge_pages`: large CPU weights moved onto 2 MiB pages keep their values, ties, training and
 saving, and `generate` moves them once."""
 
+import copy
 import re
 
 import pytest
@@ -90,7 +91,7 @@ def test_large_parameters_move_once_and_keep_values_ties_and_outputs():
 
 
 @needs_madvise
-def test_moved_parameters_still_train_and_save(tmp_path):
+def test_moved_parameters_still_train_save_copy_and_share(tmp_path):
     model = large_model()
     with torch.inference_mode():  # as under a pipeline: the moved weights must not become inference tensors
         place_weights_on_huge_pages(model)
@@ -105,8 +106,12 @@ def test_moved_parameters_still_train_and_save(tmp_path):
 
     model.save_pretrained(tmp_path)
     reloaded = FalconHFForCausalLM.from_pretrained(tmp_path)
+    copied = copy.deepcopy(model)
+    assert copied.lm_head.weight is copied.transformer.word_embeddings.weight
+    model.share_memory()  # as before handing a model to torch.multiprocessing workers
     for name, parameter in reloaded.named_parameters():
         assert torch.equal(parameter, model.get_parameter(name)), name
+        assert torch.equal(copied.get_parameter(name), model.get_parameter(name)), name
 
 
 @needs_madvise
