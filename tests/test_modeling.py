@@ -88,6 +88,17 @@ def test_cached_decoding_equals_full_recomputation(tiny_model):
 
 
 @torch.no_grad()
+def test_a_padding_mask_shorter_than_cache_and_input_is_refused(tiny_model):
+    input_ids, attention_mask = padded_batch()
+    cache = DynamicCache(config=tiny_model.config)
+    tiny_model(input_ids[:, :6], attention_mask=attention_mask[:, :6], cache=cache, use_cache=True)
+    with pytest.raises(ValueError, match="attention_mask has 6 columns but the cache holds 6 tokens and 1 new"):
+        tiny_model(input_ids[:, 6:7], attention_mask=attention_mask[:, :6], cache=cache, use_cache=True)
+    with pytest.raises(ValueError, match="attention_mask has 5 columns"):
+        tiny_model(input_ids, attention_mask=attention_mask[:, :5])
+
+
+@torch.no_grad()
 def test_static_cache_equals_dynamic_cache(tiny_model):
     input_ids, attention_mask = padded_batch()
     dynamic = tiny_model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=12, do_sample=False)

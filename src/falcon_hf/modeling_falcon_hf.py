@@ -283,6 +283,7 @@ class FalconHFModel(FalconHFPreTrainedModel):
             inputs_embeds = self.word_embeddings(input_ids)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
+        check_padding_mask_length(attention_mask, inputs_embeds, cache)
 
         attention_mask, position_bias = self._attention_bias(inputs_embeds, attention_mask, cache)
         if position_bias is not None:
@@ -306,6 +307,20 @@ class FalconHFModel(FalconHFPreTrainedModel):
         if self.config._attn_implementation == "flex_attention":
             return None, bias
         return bias, None
+
+
+def check_padding_mask_length(
+    attention_mask: torch.Tensor | None, inputs_embeds: torch.Tensor, cache: Cache | None
+) -> None:
+    """A 2D padding mask must cover the cached tokens and the new ones: a shorter one would silently mask the newest
+    keys (transformers' mask builder pads it with zeros)."""
+    if attention_mask is None or attention_mask.ndim != 2 or torch.compiler.is_compiling():
+        return
+    cached = cache.get_seq_length() if cache is not None else 0
+    if attention_mask.shape[1] != cached + inputs_embeds.shape[1]:
+        raise ValueError(f"attention_mask has {attention_mask.shape[1]} columns but the cache holds {cached} tokens "
+                         f"and {inputs_embeds.shape[1]} new ones arrive: pass one column per cached and new token "
+                         f"({cached + inputs_embeds.shape[1]}).")
 
 
 def allowed_attention(
