@@ -147,10 +147,7 @@ class FalconHFRunner(HFRunner):
         from falcon_hf.kernels import huge_pages
 
         if kind == "train" or variant.endswith("+small-pages"):
-            for parameter in self.model.parameters():
-                if hasattr(parameter, huge_pages.PLACED):
-                    parameter.data = parameter.data.clone()
-                    delattr(parameter, huge_pages.PLACED)
+            huge_pages.move_weights_off_huge_pages(self.model)
         else:
             huge_pages.place_weights_on_huge_pages(self.model)
 

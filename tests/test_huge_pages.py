@@ -89,6 +89,13 @@ def test_large_parameters_move_once_and_keep_values_ties_and_outputs():
     torch.testing.assert_close(model(ids).logits, logits, rtol=0, atol=0)
     assert place_weights_on_huge_pages(model) == 0
 
+    assert huge_pages.move_weights_off_huge_pages(model) == moved  # the benchmark's A/B undo
+    assert not any(hasattr(parameter, huge_pages.PLACED) for parameter in model.parameters())
+    assert model.lm_head.weight is model.transformer.word_embeddings.weight
+    for name, parameter in model.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+    assert place_weights_on_huge_pages(model) == moved  # and they can move back
+
 
 @needs_madvise
 def test_moved_parameters_still_train_save_copy_and_share(tmp_path):

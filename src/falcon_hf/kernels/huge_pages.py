@@ -95,9 +95,22 @@ def place_weights_on_huge_pages(module: nn.Module) -> int:
                 or getattr(parameter, PLACED, None) == data.data_ptr()
             ):
                 continue
-            parameter.data = copy_to_huge_pages(data.contiguous())
+            parameter.data = copy_to_huge_pages(data)
             setattr(parameter, PLACED, parameter.data_ptr())
             moved += nbytes
     if moved:
         logger.info(f"falcon_hf: moved {moved / 2**20:.0f} MiB of CPU weights onto 2 MiB pages ({DISABLE_ENV}=0: off)")
+    return moved
+
+
+def move_weights_off_huge_pages(module: nn.Module) -> int:
+    """Undo `place_weights_on_huge_pages`: copy the parameters it moved back to torch's own pages; returns the bytes
+    moved. For A/B measurements (the benchmark's `+small-pages` variant)."""
+    moved = 0
+    with torch.no_grad(), torch.inference_mode(False):
+        for parameter in module.parameters():
+            if getattr(parameter, PLACED, None) is not None:
+                parameter.data = parameter.data.clone()
+                delattr(parameter, PLACED)
+                moved += parameter.numel() * parameter.element_size()
     return moved
