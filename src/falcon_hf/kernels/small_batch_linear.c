@@ -44,7 +44,7 @@ static void f32_m##MM(const float* x, long ldx, const float* w, const float* b, 
     for (int m = 0; m < MM; m++) for (int r = 0; r < RR; r++) acc[m][r] = _mm512_setzero_ps(); \
     if (rr == RR) { \
       for (long i = 0; i < Iv; i += 16) { __m512 wv[RR]; \
-        for (int r = 0; r < RR; r++) { wv[r] = _mm512_loadu_ps(w + (o + r) * I + i); PF(w + (o + r + 2 * RR) * I + i); } \
+        for (int r = 0; r < RR; r++) { wv[r] = _mm512_loadu_ps(w + (o + r) * I + i); PF(w + (o + r + RR) * I + i); } \
         for (int m = 0; m < MM; m++) { const __m512 xv = _mm512_loadu_ps(x + m * ldx + i); \
           for (int r = 0; r < RR; r++) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]); } } \
       if (tail) { __m512 wv[RR]; \
@@ -73,7 +73,7 @@ static void bf16_m##MM(const uint16_t* x, long ldx, const uint16_t* w, const uin
     for (int m = 0; m < MM; m++) for (int r = 0; r < RR; r++) acc[m][r] = _mm512_setzero_ps(); \
     if (rr == RR) { \
       for (long i = 0; i < Iv; i += 32) { __m512bh wv[RR]; \
-        for (int r = 0; r < RR; r++) { wv[r] = (__m512bh)_mm512_loadu_si512(w + (o + r) * I + i); PF(w + (o + r + 2 * RR) * I + i); } \
+        for (int r = 0; r < RR; r++) { wv[r] = (__m512bh)_mm512_loadu_si512(w + (o + r) * I + i); PF(w + (o + r + RR) * I + i); } \
         for (int m = 0; m < MM; m++) { const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + m * ldx + i); \
           for (int r = 0; r < RR; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]); } } \
       if (tail) { __m512bh wv[RR]; \
