@@ -1,7 +1,7 @@
 """Benchmark falcon_hf against transformers' built-in Falcon and keras-hub's Falcon (torch backend), same weights.
 
 For each config (shape) and dtype: build random weights once, start one worker process per implementation, warm each
-variant up once, then time `--reps` repetitions alternating the implementations (A B C A B C). Reports median tokens/s
+variant up once, then time `--reps` repetitions alternating the implementations (A B C, B C A, ...). Reports median tokens/s
 for batch-1 and batch-8 greedy decode (forced length, also as a fraction of the memory-bandwidth roofline), prefill and
 one AdamW training step, peak resident memory per implementation, falcon_hf's ratios and the issue's targets.
 
@@ -86,12 +86,18 @@ def parse_workload(name: str) -> Workload:
 
 
 def steps_for(impls: tuple[str, ...], workload: Workload, reps: int, compile_decode: bool) -> list[Step]:
-    """Warm-ups (not for training, whose runs warm up themselves), then A B C A B C ... for `reps` rounds."""
+    """Warm-ups (not for training, whose runs warm up themselves), then `reps` rounds, each starting one
+    implementation later (A B C, B C A, C A B, ...) so that no implementation always runs first."""
     variants = {impl: variants_of(impl, workload.kind, compile_decode) for impl in impls}
     steps = [] if workload.kind == "train" else [
         Step(impl, workload, variant, -1) for impl in impls for variant in variants[impl]]
     return steps + [Step(impl, workload, variant, rep)
-                    for rep in range(reps) for impl in impls for variant in variants[impl]]
+                    for rep in range(reps) for impl in rotated(impls, rep) for variant in variants[impl]]
+
+
+def rotated(impls: tuple[str, ...], by: int) -> tuple[str, ...]:
+    shift = by % len(impls) if impls else 0
+    return impls[shift:] + impls[:shift]
 
 
 def count_steps(settings: Settings) -> int:

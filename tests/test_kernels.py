@@ -103,6 +103,20 @@ def test_small_batch_linear_keeps_leading_dimensions(dtype, leading):
     torch.testing.assert_close(output, F.linear(x, weight, bias), rtol=2**-7, atol=0.05)
 
 
+@needs_bfloat16
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["row stride", "transposed", "3D slice"])
+def test_small_batch_linear_takes_non_contiguous_rows(dtype, layout):
+    x = {"row stride": lambda: torch.randn(3, 80, dtype=dtype)[:, :64],  # rows read in place with their stride
+         "transposed": lambda: torch.randn(64, 3, dtype=dtype).t(),  # copied first: inputs are not unit-strided
+         "3D slice": lambda: torch.randn(2, 5, 64, dtype=dtype)[:, 1:4]}[layout]()
+    assert not x.is_contiguous()
+    weight, bias = torch.randn(96, 64, dtype=dtype), torch.randn(96, dtype=dtype)
+    output = small_batch_linear(x, weight, bias)
+    assert output is not None and output.shape == (*x.shape[:-1], 96) and output.is_contiguous()
+    torch.testing.assert_close(output, F.linear(x, weight, bias), rtol=2**-7, atol=0.05)
+
+
 @needs_float32
 def test_small_batch_linear_declines_what_it_does_not_handle():
     weight, bias = torch.randn(16, 64), torch.randn(16)

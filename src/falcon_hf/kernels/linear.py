@@ -41,13 +41,17 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         function = library.library.falcon_hf_linear_bf16 if library.bfloat16 and rows <= MAX_ROWS else None
     if function is None:
         return None
-    rows_of_x = x.reshape(rows, in_features)
-    if rows_of_x.stride(1) != 1:
-        rows_of_x = rows_of_x.contiguous()
-    output = torch.empty((rows, out_features), dtype=dtype)
+    output = torch.empty(x.shape[:-1] + (out_features,), dtype=dtype)  # x's leading dimensions, written in place
+    if x.is_contiguous():
+        row_stride = in_features
+    else:
+        x = x.reshape(rows, in_features)
+        if x.stride(1) != 1:
+            x = x.contiguous()
+        row_stride = x.stride(0)
     status = function(
-        rows_of_x.data_ptr(),
-        rows_of_x.stride(0),
+        x.data_ptr(),
+        row_stride,
         weight.data_ptr(),
         None if bias is None else bias.data_ptr(),
         output.data_ptr(),
@@ -59,7 +63,7 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     )
     if status != 0:
         raise RuntimeError(f"falcon_hf's small_batch_linear kernel failed (status {status}) on {rows} x {in_features}")
-    return output.view(x.shape[:-1] + (out_features,))
+    return output
 
 
 def _plain(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
