@@ -139,7 +139,7 @@ def test_summary_compares_best_variants_and_checks_the_issue_targets():
 def test_rounds_rotate_so_that_every_implementation_runs_first_once():
     steps = bench.steps_for(IMPLEMENTATIONS, bench.parse_workload("decode_b1"), reps=3, compile_decode=False)
     warmups, timed = [s for s in steps if s.rep < 0], [s for s in steps if s.rep >= 0]
-    assert [s.impl for s in warmups][0] == "falcon_hf" and len({(s.impl, s.variant) for s in warmups}) == len(warmups)
+    assert warmups[0].impl == "falcon_hf" and len({(s.impl, s.variant) for s in warmups}) == len(warmups)
     rounds = [[s for s in timed if s.rep == rep] for rep in range(3)]
     assert [r[0].impl for r in rounds] == ["falcon_hf", "transformers", "keras_hub"]
     for r in rounds:  # each round runs every variant of every implementation once, one implementation's together
