@@ -92,7 +92,7 @@ def place_weights_on_huge_pages(module: nn.Module) -> int:
                 or type(data) is not torch.Tensor
                 or not data.is_cpu
                 or data.layout is not torch.strided
-                or getattr(parameter, PLACED, None) == data.data_ptr()
+                or on_huge_pages(parameter)
             ):
                 continue
             parameter.data = copy_to_huge_pages(data)
@@ -109,8 +109,14 @@ def move_weights_off_huge_pages(module: nn.Module) -> int:
     moved = 0
     with torch.no_grad(), torch.inference_mode(False):
         for parameter in module.parameters():
-            if getattr(parameter, PLACED, None) is not None:
+            if on_huge_pages(parameter):
                 parameter.data = parameter.data.clone()
                 delattr(parameter, PLACED)
                 moved += parameter.numel() * parameter.element_size()
     return moved
+
+
+def on_huge_pages(parameter: nn.Parameter) -> bool:
+    """Whether `place_weights_on_huge_pages` moved this parameter and its data is still that copy (a later `.to()` or
+    `.data` assignment leaves a stale marker, which does not count)."""
+    return getattr(parameter, PLACED, None) == parameter.data_ptr()
