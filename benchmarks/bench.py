@@ -1,9 +1,10 @@
 """Benchmark falcon_hf against transformers' built-in Falcon and keras-hub's Falcon (torch backend), same weights.
 
 For each config (shape) and dtype: build random weights once, start one worker process per implementation, warm each
-variant up once, then time `--reps` repetitions alternating the implementations (A B C, B C A, ...). Reports median tokens/s
-for batch-1 and batch-8 greedy decode (forced length, also as a fraction of the memory-bandwidth roofline), prefill and
-one AdamW training step, peak resident memory per implementation, falcon_hf's ratios and the issue's targets.
+variant up once, then time `--reps` repetitions alternating the implementations (A B C, B C A, ...). Reports median
+tokens/s for batch-1 and batch-8 greedy decode (forced length, also as a fraction of the memory-bandwidth roofline),
+prefill and one AdamW training step, peak resident memory per implementation, falcon_hf's ratios and the issue's
+targets.
 
 Examples:
 
