@@ -12,7 +12,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import CompileConfig
 
+import falcon_hf.kernels.linear as kernel_linear
 import falcon_hf.modeling_falcon_hf as modeling
 from falcon_hf import FalconHFForCausalLM
 from falcon_hf.kernels import load, small_batch_linear
@@ -193,6 +195,46 @@ def test_kernels_give_the_tokens_of_the_plain_pytorch_path(shakespeare_model, dt
     with torch.no_grad():
         assert torch.equal(generate(model, input_ids, attention_mask, cache_implementation=cache_implementation),
                            reference)
+
+
+@needs_bfloat16
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_decode_calls_the_kernel_operator_and_gives_the_eager_tokens(shakespeare_model, dtype, monkeypatch):
+    """Under torch.compile (static cache, full graph) every linear layer of a decode step is the opaque operator
+    `falcon_hf::small_batch_linear`, which runs the kernel; the tokens equal the uncompiled kernel path's."""
+    model = shakespeare_model.to(dtype)
+    input_ids, attention_mask = prompts(model, 3)
+    options = {"cache_implementation": "static", "compile_config": compile_config()}
+    with torch.no_grad():
+        expected = generate(model, input_ids, attention_mask, cache_implementation="static", disable_compile=True)
+    kernel_rows = []
+    run_kernel = kernel_linear.small_batch_linear
+    monkeypatch.setattr(kernel_linear, "small_batch_linear", lambda x, *args: kernel_rows.append(x.shape[:-1]) or
+                        run_kernel(x, *args))
+    with torch.no_grad():
+        assert torch.equal(generate(model, input_ids, attention_mask, **options), expected)
+    layers = 4 * model.config.num_hidden_layers + 1
+    assert len(kernel_rows) == 15 * layers  # 15 compiled decode steps (the prompt runs eagerly), every linear layer
+    assert set(kernel_rows) == {(3, 1)}
+
+
+def compile_config():
+    config = CompileConfig(fullgraph=True)
+    config._compile_all_devices = True  # generate() compiles on accelerators only unless told
+    return config
+
+
+@needs_bfloat16
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 8, 9])
+def test_kernel_operator_passes_torch_opcheck(dtype, rows):
+    """Schema, fake (meta) implementation and dispatch of `falcon_hf::small_batch_linear`; past the kernel's rows
+    it computes `F.linear` itself."""
+    x, weight, bias = torch.randn(rows, 64, dtype=dtype), torch.randn(96, 64, dtype=dtype), torch.randn(96, dtype=dtype)
+    for arguments in [(x, weight, bias), (x[None], weight, None)]:
+        torch.library.opcheck(torch.ops.falcon_hf.small_batch_linear, arguments)
+        output = torch.ops.falcon_hf.small_batch_linear(*arguments)
+        torch.testing.assert_close(output, F.linear(*arguments), rtol=2**-7, atol=0.05)
 
 
 @needs_bfloat16

@@ -30,10 +30,11 @@ logger = logging.get_logger(__name__)
 
 # The plugin's CPU decode kernels and huge-page weights. `trust_remote_code` copies of this file (another package) run
 # on F.linear alone and never import the plugin.
-small_batch_linear = place_weights_on_huge_pages = None
+small_batch_linear = traced_linear_applies = place_weights_on_huge_pages = None
 if __package__ == "falcon_hf":
     kernels = importlib.import_module("falcon_hf.kernels")
     small_batch_linear, place_weights_on_huge_pages = kernels.small_batch_linear, kernels.place_weights_on_huge_pages
+    traced_linear_applies = kernels.traced_linear_applies
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -95,14 +96,18 @@ class FalconHFLinear(nn.Linear):
     """`nn.Linear` that runs CPU inference on 1-8 rows (a decode step) through falcon_hf's small-batch kernel.
 
     Same parameters, state dict and module type as `nn.Linear` (peft, quantizers and hooks see a Linear); training,
-    GPUs, `torch.compile` and unsupported dtypes take `F.linear`. `FALCON_HF_CPU_KERNELS=0` turns the kernel off.
+    GPUs and unsupported dtypes take `F.linear`; compiled graphs call the kernel as `torch.ops.falcon_hf.small_batch_linear`.
+    `FALCON_HF_CPU_KERNELS=0` turns the kernel off.
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if small_batch_linear is not None and not torch.compiler.is_compiling():
-            output = small_batch_linear(input, self.weight, self.bias)
-            if output is not None:
-                return output
+        if small_batch_linear is not None:
+            if not torch.compiler.is_compiling():
+                output = small_batch_linear(input, self.weight, self.bias)
+                if output is not None:
+                    return output
+            elif traced_linear_applies(input, self.weight):
+                return torch.ops.falcon_hf.small_batch_linear(input, self.weight, self.bias)
         return nn.functional.linear(input, self.weight, self.bias)
 
 

@@ -3,6 +3,6 @@ huge pages so that streaming misses the TLB less."""
 
 from .build import KernelLibrary, load
 from .huge_pages import place_weights_on_huge_pages
-from .linear import small_batch_linear
+from .linear import small_batch_linear, traced_linear_applies
 
-__all__ = ["KernelLibrary", "load", "place_weights_on_huge_pages", "small_batch_linear"]
+__all__ = ["KernelLibrary", "load", "place_weights_on_huge_pages", "small_batch_linear", "traced_linear_applies"]

@@ -1,6 +1,11 @@
-"""`small_batch_linear`: `F.linear` for CPU inference on a few rows (decode steps), through `small_batch_linear.c`."""
+"""`small_batch_linear`: `F.linear` for CPU inference on a few rows (decode steps), through `small_batch_linear.c`.
+
+Eager code calls `small_batch_linear` directly (about 10 us per call); compiled graphs call the same kernel as the
+operator `torch.ops.falcon_hf.small_batch_linear` (an opaque call inductor keeps, `F.linear` where the kernel declines).
+"""
 
 import torch
+import torch.nn.functional as F
 
 from .build import load
 
@@ -75,3 +80,31 @@ def _plain(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
         and tensor.layout is torch.strided
         and tensor.is_contiguous()
     )
+
+
+@torch.library.custom_op("falcon_hf::small_batch_linear", mutates_args=(), device_types="cpu")
+def small_batch_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` as a torch operator for compiled graphs: the kernel where it applies, else torch's."""
+    output = small_batch_linear(x, weight, bias)
+    return F.linear(x, weight, bias) if output is None else output
+
+
+@small_batch_linear_op.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(x.shape[:-1] + (weight.shape[0],))
+
+
+def traced_linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """While compiling: whether `x @ weight.T` is a decode-sized inference product worth the operator. Only what a
+    trace fixes anyway (dtype, device, shape, grad mode); the operator checks the rest at run time."""
+    if not x.is_cpu or x.dim() == 0 or torch.is_grad_enabled() or not kernel_runs(x.dtype):
+        return False
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    return 0 < rows <= (MAX_ROWS if x.dtype is torch.float32 else AMX_MAX_ROWS) and weight.dtype is x.dtype
+
+
+@torch.compiler.assume_constant_result
+def kernel_runs(dtype: torch.dtype) -> bool:
+    """Whether this machine's kernel library was built and runs `dtype` (a constant to the tracer)."""
+    library = load()
+    return library.float32 if dtype is torch.float32 else dtype is torch.bfloat16 and library.bfloat16
