@@ -33,12 +33,9 @@ def memory_read_bandwidth(size_bytes: int = GIB, repeats: int = 5) -> dict[str, 
     """
     from falcon_hf.kernels import huge_pages
 
-    arrays = {"": torch.ones(size_bytes // 4, dtype=torch.float32)}
-    if huge_pages.huge_pages_wanted():
-        arrays["_huge_pages"] = huge_pages.copy_to_huge_pages(arrays[""])
     vector = torch.ones(GEMV_COLUMNS)
     rates = {}
-    for suffix, array in arrays.items():
+    for suffix, array in probe_arrays(size_bytes // 4, huge_pages.huge_pages_wanted()):
         matrix = array.view(-1, GEMV_COLUMNS)
         readers = {"sum": array.sum, "gemv": lambda matrix=matrix: torch.mv(matrix, vector)}
         for name, read in readers.items():
@@ -51,6 +48,18 @@ def memory_read_bandwidth(size_bytes: int = GIB, repeats: int = 5) -> dict[str, 
             rates[name + suffix] = array.numel() * 4 / best / 1e9
     rates["bound"] = max(rates.values())
     return rates
+
+
+def probe_arrays(numel: int, on_huge_pages: bool):
+    """Yields `("", array)` on torch's pages, then `("_huge_pages", array)` on 2 MiB pages if wanted: one at a time,
+    so that only one probe array is resident while it is measured."""
+    from falcon_hf.kernels import huge_pages
+
+    array = torch.ones(numel, dtype=torch.float32)
+    yield "", array
+    if on_huge_pages:
+        array = huge_pages.copy_to_huge_pages(array)  # the first array goes once the caller takes this one
+        yield "_huge_pages", array
 
 
 def cpu_model() -> str:
