@@ -5,6 +5,7 @@ order differs from torch's); bfloat16 results within one bfloat16 rounding step 
 bfloat16 `F.linear` is.
 """
 
+import copy
 import os
 import subprocess
 import sys
@@ -12,11 +13,10 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import CompileConfig
 
 import falcon_hf.kernels.linear as kernel_linear
 import falcon_hf.modeling_falcon_hf as modeling
-from falcon_hf import FalconHFForCausalLM
+from falcon_hf import FalconHFForCausalLM, enable_compiled_decoding
 from falcon_hf.kernels import load, small_batch_linear
 
 LIBRARY = load()
@@ -204,24 +204,19 @@ def test_compiled_decode_calls_the_kernel_operator_and_gives_the_eager_tokens(sh
     `falcon_hf::small_batch_linear`, which runs the kernel; the tokens equal the uncompiled kernel path's."""
     model = shakespeare_model.to(dtype)
     input_ids, attention_mask = prompts(model, 3)
-    options = {"cache_implementation": "static", "compile_config": compile_config()}
     with torch.no_grad():
         expected = generate(model, input_ids, attention_mask, cache_implementation="static", disable_compile=True)
+    monkeypatch.setattr(model, "generation_config", copy.deepcopy(model.generation_config))  # module-scoped model
+    enable_compiled_decoding(model)
     kernel_rows = []
     run_kernel = kernel_linear.small_batch_linear
     monkeypatch.setattr(kernel_linear, "small_batch_linear", lambda x, *args: kernel_rows.append(x.shape[:-1]) or
                         run_kernel(x, *args))
     with torch.no_grad():
-        assert torch.equal(generate(model, input_ids, attention_mask, **options), expected)
+        assert torch.equal(generate(model, input_ids, attention_mask), expected)
     layers = 4 * model.config.num_hidden_layers + 1
     assert len(kernel_rows) == 15 * layers  # 15 compiled decode steps (the prompt runs eagerly), every linear layer
     assert set(kernel_rows) == {(3, 1)}
-
-
-def compile_config():
-    config = CompileConfig(fullgraph=True)
-    config._compile_all_devices = True  # generate() compiles on accelerators only unless told
-    return config
 
 
 @needs_bfloat16

@@ -15,6 +15,7 @@ Example:
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from .compilation import enable_compiled_decoding
 from .configuration_falcon_hf import FalconHFConfig
 from .conversion import ConversionError, convert_keras_preset, export_keras_preset, export_native
 from .modeling_falcon_hf import FalconHFForCausalLM, FalconHFModel, FalconHFPreTrainedModel
@@ -55,6 +56,7 @@ def __getattr__(name: str):
 __all__ = [
     "ConversionError",
     "convert_keras_preset",
+    "enable_compiled_decoding",
     "export_keras_preset",
     "export_native",
     "FalconHFConfig",
