@@ -233,6 +233,30 @@ def test_kernel_operator_passes_torch_opcheck(dtype, rows):
 
 
 @needs_bfloat16
+def test_compiled_graphs_take_the_operator_only_for_decode_sized_inference_products():
+    weight = torch.randn(32, 64)
+    with torch.no_grad():
+        assert kernel_linear.traced_linear_applies(torch.randn(1, 1, 64), weight)
+        assert kernel_linear.traced_linear_applies(torch.randn(16, 64).bfloat16(), weight.bfloat16())
+        declined = {
+            "9 float32 rows": (torch.randn(9, 64), weight),
+            "17 bfloat16 rows": (torch.randn(17, 64).bfloat16(), weight.bfloat16()),
+            "float16": (torch.randn(2, 64).half(), weight.half()),
+            "mixed dtypes": (torch.randn(2, 64), weight.bfloat16()),
+            "a tensor subclass weight": (torch.randn(2, 64), weight.as_subclass(SubclassTensor)),
+            "a transposed weight": (torch.randn(2, 64), torch.randn(64, 32).t()),
+            "a meta input": (torch.randn(2, 64, device="meta"), weight),
+        }
+        for what, (x, declined_weight) in declined.items():
+            assert not kernel_linear.traced_linear_applies(x, declined_weight), what
+    assert not kernel_linear.traced_linear_applies(torch.randn(1, 64), weight)  # grad mode records F.linear
+
+
+class SubclassTensor(torch.Tensor):
+    """Stands for DTensor, quantized or offloaded weights: the operator would see the wrapper, not the data."""
+
+
+@needs_bfloat16
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_decode_step_logits_match_full_sequence_logits(shakespeare_model, dtype):
     """Decode steps (kernels, 8 rows) against one forward over the whole sequences (torch's products, > 16 rows);

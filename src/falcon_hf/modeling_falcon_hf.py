@@ -96,8 +96,8 @@ class FalconHFLinear(nn.Linear):
     """`nn.Linear` that runs CPU inference on 1-8 rows (a decode step) through falcon_hf's small-batch kernel.
 
     Same parameters, state dict and module type as `nn.Linear` (peft, quantizers and hooks see a Linear); training,
-    GPUs and unsupported dtypes take `F.linear`; compiled graphs call the kernel as `torch.ops.falcon_hf.small_batch_linear`.
-    `FALCON_HF_CPU_KERNELS=0` turns the kernel off.
+    GPUs and unsupported dtypes take `F.linear`; compiled graphs call the kernel as the operator
+    `torch.ops.falcon_hf.small_batch_linear`. `FALCON_HF_CPU_KERNELS=0` turns the kernel off.
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

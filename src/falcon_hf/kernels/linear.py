@@ -96,11 +96,11 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch
 
 def traced_linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """While compiling: whether `x @ weight.T` is a decode-sized inference product worth the operator. Only what a
-    trace fixes anyway (dtype, device, shape, grad mode); the operator checks the rest at run time."""
+    trace fixes anyway (dtypes, devices, shapes, tensor types, grad mode); the operator checks the rest at run time."""
     if not x.is_cpu or x.dim() == 0 or torch.is_grad_enabled() or not kernel_runs(x.dtype):
         return False
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    return 0 < rows <= (MAX_ROWS if x.dtype is torch.float32 else AMX_MAX_ROWS) and weight.dtype is x.dtype
+    return 0 < rows <= (MAX_ROWS if x.dtype is torch.float32 else AMX_MAX_ROWS) and _plain(weight, x.dtype)
 
 
 @torch.compiler.assume_constant_result
