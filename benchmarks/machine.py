@@ -31,11 +31,9 @@ def memory_read_bandwidth(size_bytes: int = GIB, repeats: int = 5) -> dict[str, 
     True
     ```
     """
-    from falcon_hf.kernels import huge_pages
-
     vector = torch.ones(GEMV_COLUMNS)
     rates = {}
-    for suffix, array in probe_arrays(size_bytes // 4, huge_pages.huge_pages_wanted()):
+    for suffix, array in probe_arrays(size_bytes // 4):
         matrix = array.view(-1, GEMV_COLUMNS)
         readers = {"sum": array.sum, "gemv": lambda matrix=matrix: torch.mv(matrix, vector)}
         for name, read in readers.items():
@@ -50,14 +48,14 @@ def memory_read_bandwidth(size_bytes: int = GIB, repeats: int = 5) -> dict[str, 
     return rates
 
 
-def probe_arrays(numel: int, on_huge_pages: bool):
-    """Yields `("", array)` on torch's pages, then `("_huge_pages", array)` on 2 MiB pages if wanted: one at a time,
-    so that only one probe array is resident while it is measured."""
+def probe_arrays(numel: int):
+    """Yields `("", array)` on torch's pages, then `("_huge_pages", array)` on 2 MiB pages where Linux gives them on
+    request: one at a time, so that only one probe array is resident while it is measured."""
     from falcon_hf.kernels import huge_pages
 
     array = torch.ones(numel, dtype=torch.float32)
     yield "", array
-    if on_huge_pages:
+    if huge_pages.huge_pages_wanted():
         array = huge_pages.copy_to_huge_pages(array)  # the first array goes once the caller takes this one
         yield "_huge_pages", array
 

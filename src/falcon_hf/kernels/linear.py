@@ -26,10 +26,10 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     dtype = x.dtype
     if (dtype is not torch.float32 and dtype is not torch.bfloat16) or not x.is_cpu or x.dim() == 0:
         return None
-    in_features = x.shape[-1]
-    rows = x.numel() // in_features if in_features else 0
-    if not 0 < rows <= AMX_MAX_ROWS or (dtype is torch.float32 and rows > MAX_ROWS):
+    rows = decode_rows(x)
+    if not rows:
         return None  # checked first: prefill and training batches leave here
+    in_features = x.shape[-1]
     if not _plain(weight, dtype) or weight.dim() != 2 or weight.shape[1] != in_features:
         return None
     out_features = weight.shape[0]
@@ -71,6 +71,13 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return output
 
 
+def decode_rows(x: torch.Tensor) -> int:
+    """The rows of `x` (its leading dimensions multiplied) where they are few enough for the kernel, else 0."""
+    in_features = x.shape[-1]
+    rows = x.numel() // in_features if in_features else 0
+    return rows if 0 < rows <= (MAX_ROWS if x.dtype is torch.float32 else AMX_MAX_ROWS) else 0
+
+
 def _plain(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
     """A dense, contiguous CPU tensor of `dtype` whose data pointer is all it holds."""
     return (
@@ -99,8 +106,7 @@ def traced_linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     trace fixes anyway (dtypes, devices, shapes, tensor types, grad mode); the operator checks the rest at run time."""
     if not x.is_cpu or x.dim() == 0 or torch.is_grad_enabled() or not kernel_runs(x.dtype):
         return False
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    return 0 < rows <= (MAX_ROWS if x.dtype is torch.float32 else AMX_MAX_ROWS) and _plain(weight, x.dtype)
+    return decode_rows(x) > 0 and _plain(weight, x.dtype)
 
 
 @torch.compiler.assume_constant_result
