@@ -7,7 +7,7 @@
  * OpenMP threads.
  *
  * float32: AVX-512F fused multiply-adds. bfloat16: AMX tile products for 2-16 rows where the CPU has them, else (and
- * for one row, which streams faster 4 weight rows at a time) AVX512-BF16 pair dot products; both accumulate in
+ * for one row, which streams faster row by row) AVX512-BF16 pair dot products; both accumulate in
  * float32, add the bias in float32 and round once to bfloat16 (what oneDNN's bfloat16 linear does). Only the
  * summation order differs from torch's kernels.
  *
@@ -100,7 +100,33 @@ static void bf16_m##MM(const uint16_t* x, long ldx, const uint16_t* w, const uin
 }
 
 DEF_F32(1, 4) DEF_F32(2, 4) DEF_F32(3, 4) DEF_F32(4, 4) DEF_F32(5, 2) DEF_F32(6, 2) DEF_F32(7, 2) DEF_F32(8, 2)
-DEF_BF16(1, 4) DEF_BF16(2, 4) DEF_BF16(3, 4) DEF_BF16(4, 4) DEF_BF16(5, 2) DEF_BF16(6, 2) DEF_BF16(7, 2) DEF_BF16(8, 2)
+DEF_BF16(2, 4) DEF_BF16(3, 4) DEF_BF16(4, 4) DEF_BF16(5, 2) DEF_BF16(6, 2) DEF_BF16(7, 2) DEF_BF16(8, 2)
+
+/* One row of x in bfloat16: each weight row is read start to end before the next (one sequential stream per thread,
+ * four accumulators per row). Interleaving 4 short rows, as above, left the hardware prefetcher short streams:
+ * 1.2x faster over the small config's bfloat16 weights on an AMD EPYC (Zen), 1.04x at 1.31B, in interleaved
+ * microbenchmarks; float32 rows gained nothing from the same change and keep the 4-row kernel. */
+static void bf16_m1(const uint16_t* x, long ldx, const uint16_t* w, const uint16_t* b, uint16_t* y, long ldy, long o0,
+                    long o1, long I) {
+  (void)ldx; (void)ldy;
+  const __mmask32 tail = (__mmask32)((1ull << (I % 32)) - 1ull); const long Iv = I - I % 32, I4 = Iv - Iv % 128;
+  for (long o = o0; o < o1; o++) {
+    const uint16_t* row = w + o * I;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    long i = 0;
+    for (; i < I4; i += 128)
+      for (int u = 0; u < 4; u++)
+        acc[u] = _mm512_dpbf16_ps(acc[u], (__m512bh)_mm512_loadu_si512(x + i + 32 * u),
+                                  (__m512bh)_mm512_loadu_si512(row + i + 32 * u));
+    for (; i < Iv; i += 32)
+      acc[0] = _mm512_dpbf16_ps(acc[0], (__m512bh)_mm512_loadu_si512(x + i), (__m512bh)_mm512_loadu_si512(row + i));
+    if (tail)
+      acc[1] = _mm512_dpbf16_ps(acc[1], (__m512bh)_mm512_maskz_loadu_epi16(tail, x + Iv),
+                                (__m512bh)_mm512_maskz_loadu_epi16(tail, row + Iv));
+    const float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+    y[o] = f32_to_bf16(sum + (b ? bf16_to_f32(b[o]) : 0.f));
+  }
+}
 
 typedef void (*f32_fn)(const float*, long, const float*, const float*, float*, long, long, long, long);
 typedef void (*bf16_fn)(const uint16_t*, long, const uint16_t*, const uint16_t*, uint16_t*, long, long, long, long);
