@@ -5,7 +5,8 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from falcon_hf import FalconHFConfig, FalconHFForCausalLM
-from falcon_hf.modeling_falcon_hf import alibi_distances, alibi_slopes
+import falcon_hf.modeling_falcon_hf as modeling
+from falcon_hf.modeling_falcon_hf import alibi_distances, alibi_slopes, cpu_decode_attention_forward
 
 from conftest import tiny_config_kwargs
 
@@ -142,6 +143,52 @@ def test_attention_implementations_agree_with_sdpa(tiny_model, implementation):
     other = tiny_model(input_ids, attention_mask=attention_mask).logits
     real = attention_mask.bool()
     torch.testing.assert_close(other[real], reference[real], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_decode_attention_is_as_accurate_as_torch_sdpa(dtype):
+    """Against a float64 reference, on a padded ALiBi-style mask: at most torch's own SDPA error plus one rounding step
+    of the output dtype (2^-8 of the largest output for bfloat16, 2^-11 for float16)."""
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(8, 12, length, 64, generator=generator).to(dtype) for length in (1, 100, 100))
+    bias = -0.1 * torch.arange(100.0).flip(0).expand(8, 12, 1, 100)
+    bias = bias.masked_fill(torch.arange(100) < torch.arange(8)[:, None, None, None] * 7, torch.finfo(dtype).min)
+    bias, scaling = bias.to(dtype), 64**-0.5
+    reference = torch.nn.functional.scaled_dot_product_attention(query.double(), key.double(), value.double(),
+                                                                 attn_mask=bias.double(), scale=scaling)
+    theirs = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scaling)
+    ours, weights = cpu_decode_attention_forward(torch.nn.Module().eval(), query, key, value, bias, scaling)
+    assert weights is None and ours.shape == (8, 1, 12, 64) and ours.dtype == dtype
+    step = reference.abs().max().item() * torch.finfo(dtype).eps
+    their_error = (theirs.double() - reference).abs().max().item()
+    assert (ours.transpose(1, 2).double() - reference).abs().max().item() <= their_error + step
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_sdpa_decode_steps_take_cpu_decode_attention_for_reduced_precision_batches(tiny_config, dtype, monkeypatch):
+    """A decode step of a bfloat16 batch runs `cpu_decode_attention_forward` (logits within bfloat16 rounding of
+    torch's SDPA: 0.02 on logits of magnitude ~1); batch 1, a 20-token prefill and float32 keep torch's SDPA."""
+    model = FalconHFForCausalLM(tiny_config).eval().to(dtype)
+    calls = []
+    monkeypatch.setattr(modeling, "cpu_decode_attention_forward",
+                        lambda *args, **kwargs: calls.append(args[1].shape) or cpu_decode_attention_forward(*args, **kwargs))
+    input_ids = torch.randint(0, 400, (3, 21))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :5] = 0  # left padding
+
+    def decode_step_logits():
+        prompt = model(input_ids[:, :-1], attention_mask=attention_mask[:, :-1], use_cache=True)
+        return model(input_ids[:, -1:], attention_mask=attention_mask, cache=prompt.cache, use_cache=True).logits
+
+    ours = decode_step_logits()
+    expected_calls = [(3, 4, 1, 8)] * tiny_config.num_hidden_layers if dtype is torch.bfloat16 else []
+    assert calls == expected_calls  # the decode step only
+    calls.clear()
+    model(input_ids[:1, -1:], use_cache=False)  # batch 1
+    assert calls == []
+    monkeypatch.setattr(modeling, "cpu_decode_attention_applies", lambda query: False)
+    torch.testing.assert_close(ours.float(), decode_step_logits().float(), atol=0.02, rtol=0)
 
 
 @torch.no_grad()
