@@ -36,7 +36,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .machine import GIB, available_memory_bytes, machine_info, memory_read_bandwidth, now_iso, versions
+from .machine import (GIB, AdjacentBandwidth, available_memory_bytes, fastest_rates, machine_info, memory_read_bandwidth, now_iso,
+                      versions)
 from .report import main_table, summarize_measurement, summary_rows, update_readme_section, write_report
 from .runners import DTYPES, IMPLEMENTATIONS, Lengths, Workload, variants_of
 from .weights import SHAPES, build_checkpoints, bytes_read_per_decode_step, parameter_count, shape_config
@@ -51,7 +52,7 @@ DEFAULT_REPS = {"tiny": 2, "small": 3, "1b": 1}
 minutes on 2 cores (one batch-8 float32 round alone takes ~8 minutes); `--reps 3` gives medians there too."""
 QUICK_LENGTHS = Lengths(prompt=8, new_tokens=4, prefill=32, train_sequence=16, train_batch=2, warmup_new_tokens=2)
 RUNTIME_OVERHEAD_GB = 0.8  # torch/keras/transformers imports and allocator slack per worker
-BANDWIDTH_REPEATS = 5
+BANDWIDTH_REPEATS = 10
 MEMORY_HEADROOM = 0.85  # plan to use at most this share of the memory available at the start of a cell
 
 
@@ -122,9 +123,11 @@ def memory_plan(config_name: str, dtype: str, settings: Settings) -> tuple[float
 class CellRun:
     """Runs every workload of one (config, dtype) and collects the records, memory figures and notes."""
 
-    def __init__(self, config_name: str, dtype: str, checkpoints, settings: Settings, progress: tqdm):
+    def __init__(self, config_name: str, dtype: str, checkpoints, settings: Settings, progress: tqdm,
+                 adjacent_bandwidth=None):
         self.config_name, self.dtype, self.checkpoints = config_name, dtype, checkpoints
         self.settings, self.progress = settings, progress
+        self.adjacent_bandwidth = adjacent_bandwidth  # GB/s around each timed decode run (AdjacentBandwidth)
         self.records: dict[tuple[str, str, str], dict] = {}
         self.memory = {impl: {} for impl in settings.implementations}
         self.notes: list[str] = []
@@ -161,8 +164,8 @@ class CellRun:
     def record(self, step: Step) -> dict:
         key = (step.impl, step.workload.name, step.variant)
         return self.records.setdefault(key, {"impl": step.impl, "workload": step.workload.name,
-                                             "variant": step.variant, "times_s": [], "warmup_s": None,
-                                             "status": "ok"})
+                                             "variant": step.variant, "times_s": [], "bandwidth_gbs": [],
+                                             "warmup_s": None, "status": "ok"})
 
     def run_step(self, step: Step) -> None:
         record = self.record(step)
@@ -175,7 +178,11 @@ class CellRun:
             error = worker.load_reply.get("error", "worker process died") if worker is not None else "not started"
             record["status"] = f"error: {error}"
         else:
+            adjacent = self.adjacent_bandwidth if step.workload.kind == "decode" and step.rep >= 0 else None
+            before = adjacent() if adjacent else None
             reply = worker.measure(step.workload, step.variant, warmup=step.rep < 0)
+            if adjacent and "seconds" in reply:
+                record["bandwidth_gbs"].append(max(before, adjacent()))
             if "error" in reply:
                 record["status"] = f"fails: {reply['error']}"
                 logger.warning(f"{self.config_name}/{self.dtype} {step.impl} {step.workload.name} "
@@ -272,10 +279,10 @@ class CellRun:
         config = shape_config(self.config_name)
         itemsize = torch.tensor([], dtype=DTYPES[self.dtype]).element_size()
         step_bytes = bytes_read_per_decode_step(config, itemsize)
-        rooflines = {w.name: w.batch * bandwidth_gbs * 1e9 / step_bytes
-                     for w in self.settings.workloads if w.kind == "decode"}
+        per_gbs = {w.name: w.batch * 1e9 / step_bytes for w in self.settings.workloads if w.kind == "decode"}
+        rooflines = {name: bandwidth_gbs * tokens_per_gbs for name, tokens_per_gbs in per_gbs.items()}
         measurements = [summarize_measurement(record, self._tokens(record["workload"]),
-                                              rooflines.get(record["workload"]))
+                                              rooflines.get(record["workload"]), per_gbs.get(record["workload"]))
                         for record in self.records.values()]
         for memory in self.memory.values():
             memory.setdefault("peak_rss_train_gb", None)
@@ -305,8 +312,9 @@ def run_benchmark(settings: Settings, weights_dir: Path, bandwidth_bytes: int = 
     """Measure every (config, dtype) cell and return the report (see `report.py` for its structure)."""
     started = time.perf_counter()
     torch.set_num_threads(settings.threads)
-    bandwidth = memory_read_bandwidth(bandwidth_bytes, BANDWIDTH_REPEATS)
-    cells = []
+    bandwidth_before = memory_read_bandwidth(bandwidth_bytes, BANDWIDTH_REPEATS)
+    adjacent_bandwidth = AdjacentBandwidth(bandwidth_bytes)
+    cell_runs = []
     restore_libraries = quiet_libraries()
     try:
         with tqdm(total=count_steps(settings), desc="benchmark", unit="run") as progress:
@@ -314,20 +322,26 @@ def run_benchmark(settings: Settings, weights_dir: Path, bandwidth_bytes: int = 
                 progress.set_postfix_str(f"{config_name}: building random weights and exports")
                 checkpoints = build_checkpoints(config_name, weights_dir)
                 for dtype in settings.dtypes:
-                    cell = CellRun(config_name, dtype, checkpoints, settings, progress)
+                    cell = CellRun(config_name, dtype, checkpoints, settings, progress, adjacent_bandwidth)
                     cell.run()
-                    cells.append(cell.result(bandwidth["bound"]))
+                    cell_runs.append(cell)
     finally:
         restore_libraries()
+    # Measured again at the end: on a shared host the bandwidth drifts over a run, and the bound is its best.
+    del adjacent_bandwidth
+    bandwidth = fastest_rates(bandwidth_before, memory_read_bandwidth(bandwidth_bytes, BANDWIDTH_REPEATS))
+    cells = [cell.result(bandwidth["bound"]) for cell in cell_runs]
     workers = WORKERS[settings.isolation]
     return {
         "meta": {
             "date": now_iso(),
             "duration_s": time.perf_counter() - started,
             "versions": versions(),
-            "machine": machine_info(bandwidth, f"the fastest of torch.sum and a matrix-vector product over "
+            "machine": machine_info(bandwidth, f"the fastest of torch.sum and a matrix-vector product (torch's, "
+                                               f"and falcon_hf's one-row kernel where built) over "
                                                f"{bandwidth_bytes / GIB:g} GiB of float32, on torch's pages and on "
-                                               f"2 MiB pages where available, best of {BANDWIDTH_REPEATS}"),
+                                               f"2 MiB pages where available, best of {BANDWIDTH_REPEATS} at the start and "
+                                               f"{BANDWIDTH_REPEATS} at the end"),
             "settings": {"configs": list(settings.configs), "dtypes": list(settings.dtypes),
                          "workloads": [w.name for w in settings.workloads], "reps": settings.reps,
                          "lengths": asdict(settings.lengths), "isolation": settings.isolation,

@@ -19,10 +19,13 @@ def memory_read_bandwidth(size_bytes: int = GIB, repeats: int = 5) -> dict[str, 
     """GB/s (1e9 bytes/s) streaming a float32 array far larger than the caches, best of `repeats`, several ways.
 
     `sum` is `torch.sum` over the array; `gemv` is a matrix-vector product over it viewed as (rows, 4096), which is
-    what a batch-1 decode step does with every weight. Both run on torch's threads, as the models do, on torch's own
-    pages and, where Linux gives 2 MiB pages on request (falcon_hf puts its weights there), again on those
-    (`..._huge_pages`). `bound` is the fastest of them, so that no implementation can beat the roofline derived from
-    it. Best-of rather than median: the bound is what the hardware allows.
+    what a batch-1 decode step does with every weight; `kernel_gemv` is the same product through falcon_hf's one-row
+    decode kernel, where it is built (on AMD EPYC it streams twice as fast as torch's `mv`, faster than `sum`), and
+    `kernel_gemv_bfloat16` its bfloat16 kernel over the same bytes. All
+    run on torch's threads, as the models do, on torch's own pages and, where Linux gives 2 MiB pages on request
+    (falcon_hf puts its weights there), again on those (`..._huge_pages`). `bound` is the fastest of them, so that no
+    implementation can beat the roofline derived from it. Best-of rather than median: the bound is what the hardware
+    allows.
 
     Example:
 
@@ -31,20 +34,70 @@ def memory_read_bandwidth(size_bytes: int = GIB, repeats: int = 5) -> dict[str, 
     True
     ```
     """
-    vector = torch.ones(GEMV_COLUMNS)
     rates = {}
     for suffix, array in probe_arrays(size_bytes // 4):
-        matrix = array.view(-1, GEMV_COLUMNS)
-        readers = {"sum": array.sum, "gemv": lambda matrix=matrix: torch.mv(matrix, vector)}
-        for name, read in readers.items():
-            read()  # fault the pages in / set up the kernel before timing
-            best = float("inf")
-            for _ in range(repeats):
-                start = time.perf_counter()
-                read()
-                best = min(best, time.perf_counter() - start)
-            rates[name + suffix] = array.numel() * 4 / best / 1e9
+        rates.update({name + suffix: rate for name, rate in read_rates(array, repeats).items()})
     rates["bound"] = max(rates.values())
+    return rates
+
+
+def read_rates(array: torch.Tensor, repeats: int) -> dict[str, float]:
+    """GB/s of each way of reading a float32 `array` (sum, gemv, kernel_gemv, kernel_gemv_bfloat16), best of
+    `repeats`."""
+    from falcon_hf.kernels import small_batch_linear
+
+    vector = torch.ones(GEMV_COLUMNS)
+    matrix = array.view(-1, GEMV_COLUMNS)
+    readers = {"sum": array.sum, "gemv": lambda: torch.mv(matrix, vector)}
+    if small_batch_linear(vector[None], matrix[:1]) is not None:
+        readers["kernel_gemv"] = lambda: small_batch_linear(vector[None], matrix)
+        halves = array.view(torch.bfloat16).view(-1, 2 * GEMV_COLUMNS)  # the same bytes as bfloat16 weights
+        row = vector.bfloat16().repeat(2)[None]
+        if small_batch_linear(row, halves[:1]) is not None:
+            readers["kernel_gemv_bfloat16"] = lambda: small_batch_linear(row, halves)
+    rates = {}
+    for name, read in readers.items():
+        read()  # fault the pages in / set up the kernel before timing
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            read()
+            best = min(best, time.perf_counter() - start)
+        rates[name] = array.numel() * 4 / best / 1e9
+    return rates
+
+
+class AdjacentBandwidth:
+    """The bound again, quickly, right before and after each timed decode run, on one resident probe array.
+
+    The memory bandwidth of a shared host drifts from minute to minute (41-76 GB/s within one hour on the AMD EPYC
+    of session 6), so a decode run is compared with what a pure read achieved around it: the best of `read_rates`
+    (best of `repeats` each) before and after the run.
+    """
+
+    def __init__(self, size_bytes: int = GIB, repeats: int = 3):
+        for _, self.array in probe_arrays(size_bytes // 4):
+            pass  # keep the last: on 2 MiB pages where Linux gives them
+        self.repeats = repeats
+
+    def __call__(self) -> float:
+        return max(read_rates(self.array, self.repeats).values())
+
+
+def fastest_rates(*measurements: dict[str, float]) -> dict[str, float]:
+    """Each method's best over several `memory_read_bandwidth` results, and the overall `bound`.
+
+    Example:
+
+    ```python
+    >>> fastest_rates({"sum": 40.0, "bound": 40.0}, {"sum": 44.0, "gemv": 30.0, "bound": 44.0})
+    {'sum': 44.0, 'bound': 44.0, 'gemv': 30.0}
+    ```
+    """
+    rates = {}
+    for measurement in measurements:
+        for method, rate in measurement.items():
+            rates[method] = max(rates.get(method, 0.0), rate)
     return rates
 
 

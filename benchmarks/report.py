@@ -50,13 +50,24 @@ def targets(config: str, dtype: str, workload: str) -> list[Target]:
     return [Target("transformers", 1.0)]  # prefill and training must not regress
 
 
-def summarize_measurement(record: dict, tokens: int, roofline: float | None) -> dict:
-    """Median seconds, tokens/s and roofline fraction of one (impl, workload, variant) record, in place."""
+def summarize_measurement(record: dict, tokens: int, roofline: float | None,
+                          roofline_per_gbs: float | None = None) -> dict:
+    """Median seconds, tokens/s and roofline fractions of one (impl, workload, variant) record, in place.
+
+    `roofline_fraction` is against the bandwidth measured around each run (`bandwidth_gbs`, one per run; the median
+    of the per-run fractions) where the record has it, else against the run's bound (`roofline` tokens/s);
+    `roofline_fraction_of_bound` is always the latter. `roofline_per_gbs` is the roofline's tokens/s per GB/s.
+    """
     times = record["times_s"]
     if times:
         record["median_s"] = statistics.median(times)
         record["tokens_per_s"] = tokens / record["median_s"]
-        record["roofline_fraction"] = record["tokens_per_s"] / roofline if roofline else None
+        record["roofline_fraction"] = record["roofline_fraction_of_bound"] = (
+            record["tokens_per_s"] / roofline if roofline else None)
+        adjacent = record.get("bandwidth_gbs") or []
+        if roofline_per_gbs and len(adjacent) == len(times):
+            record["roofline_fraction"] = statistics.median(
+                tokens / seconds / (gbs * roofline_per_gbs) for seconds, gbs in zip(times, adjacent))
         if record.get("warmup_s") is not None and "compile" in record["variant"]:
             record["compile_s"] = max(record["warmup_s"] - record["median_s"], 0.0)
     return record
@@ -173,6 +184,11 @@ def _by_method(machine: dict) -> str:
     return "; " + ", ".join(f"{name} {rate} GB/s" for name, rate in rates.items()) if rates else ""
 
 
+def adjacent_probes(report: dict) -> bool:
+    """Whether the decode runs of this report carry the bandwidth measured around each of them."""
+    return any(m.get("bandwidth_gbs") for cell in report["cells"] for m in cell["measurements"])
+
+
 def header(report: dict) -> str:
     meta = report["meta"]
     machine, versions, settings = meta["machine"], meta["versions"], meta["settings"]
@@ -191,7 +207,10 @@ def header(report: dict) -> str:
          f"{lengths['train_batch']} x {lengths['train_sequence']} tokens. Median of {reps} repetitions, "
          f"implementations alternated ({settings['isolation']} isolation) after one warm-up each."),
         ("- Decode roofline = bandwidth / weight bytes read per step (every parameter once, the tied embedding as the "
-         "LM head; one embedding row for the lookup), times the batch; percentages are of that bound."),
+         "LM head; one embedding row for the lookup), times the batch; percentages are of that bound"
+         + (", with the bandwidth measured right before and after each run (the best of quick read probes; the median "
+            "of the per-run fractions), since a shared host's bandwidth drifts during a run." if adjacent_probes(report)
+            else ".")),
         f"- {meta['note']}" if meta.get("note") else "",
     ]).rstrip()
 

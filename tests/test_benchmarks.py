@@ -15,7 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # `benchmarks/` is a folder of the repository, not part of the installed package
 
 from benchmarks import bench
-from benchmarks.report import main_table, summary_rows, targets
+from benchmarks.machine import fastest_rates
+from benchmarks.report import main_table, summarize_measurement, summary_rows, targets
 
 IMPLEMENTATIONS = ("falcon_hf", "transformers", "keras_hub")
 WORKLOADS = ["decode_b1", "decode_b8", "prefill", "train"]
@@ -57,6 +58,9 @@ def check_report(report: dict, isolation: str, workloads: list[str]) -> None:
         assert len(record["times_s"]) == (1 if record["status"] == "ok" else 0)
         if record["workload"] != "train" and record["status"] == "ok":
             assert record["warmup_s"] is not None
+        if record["workload"].startswith("decode") and record["status"] == "ok":  # bandwidth around each run
+            assert len(record["bandwidth_gbs"]) == 1 and record["bandwidth_gbs"][0] > 0
+            assert record["roofline_fraction"] > 0 and record["roofline_fraction_of_bound"] > 0
     assert set(cell["memory"]) == set(IMPLEMENTATIONS)
     for memory in cell["memory"].values():
         assert memory["rss_after_load_gb"] > 0 and memory["peak_rss_inference_gb"] >= memory["rss_after_load_gb"]
@@ -145,3 +149,20 @@ def test_rounds_rotate_so_that_every_implementation_runs_first_once():
     for r in rounds:  # each round runs every variant of every implementation once, one implementation's together
         assert sorted((s.impl, s.variant) for s in r) == sorted((s.impl, s.variant) for s in warmups)
         assert [s.impl for s in r] == sorted((s.impl for s in r), key=[s.impl for s in r].index)
+
+
+def test_roofline_fractions_use_the_bandwidth_measured_around_each_run():
+    """Two runs at 50 and 25 tokens/s, each next to a probe of 50 and 25 GB/s (1 token/s per GB/s): each ran at the
+    bound of its moment (fraction 1.0), while against the run's best bound (100 tokens/s) the median is 1/3."""
+    record = {"variant": "sdpa+dynamic", "times_s": [2.0, 4.0], "bandwidth_gbs": [50.0, 25.0]}
+    summarize_measurement(record, tokens=100, roofline=100.0, roofline_per_gbs=1.0)
+    assert record["tokens_per_s"] == pytest.approx(100 / 3)
+    assert record["roofline_fraction"] == pytest.approx(1.0)
+    assert record["roofline_fraction_of_bound"] == pytest.approx(1 / 3)
+    old_report = {"variant": "sdpa+dynamic", "times_s": [2.0]}  # saved before the probes: the run's bound only
+    assert summarize_measurement(old_report, tokens=100, roofline=100.0, roofline_per_gbs=1.0)["roofline_fraction"] == 0.5
+
+
+def test_the_bound_is_each_method_best_over_measurements():
+    assert fastest_rates({"sum": 40.0, "bound": 40.0}, {"sum": 44.0, "gemv": 30.0, "bound": 44.0}) == {
+        "sum": 44.0, "gemv": 30.0, "bound": 44.0}
