@@ -36,8 +36,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .machine import (GIB, AdjacentBandwidth, available_memory_bytes, fastest_rates, machine_info, memory_read_bandwidth, now_iso,
-                      versions)
+from .machine import (GIB, AdjacentBandwidth, available_memory_bytes, fastest_rates, machine_info,
+                      memory_read_bandwidth, now_iso, versions)
 from .report import main_table, summarize_measurement, summary_rows, update_readme_section, write_report
 from .runners import DTYPES, IMPLEMENTATIONS, Lengths, Workload, variants_of
 from .weights import SHAPES, build_checkpoints, bytes_read_per_decode_step, parameter_count, shape_config
@@ -328,7 +328,7 @@ def run_benchmark(settings: Settings, weights_dir: Path, bandwidth_bytes: int = 
     finally:
         restore_libraries()
     # Measured again at the end: on a shared host the bandwidth drifts over a run, and the bound is its best.
-    del adjacent_bandwidth
+    del adjacent_bandwidth  # its 1 GiB probe array, before the final probe allocates its own
     bandwidth = fastest_rates(bandwidth_before, memory_read_bandwidth(bandwidth_bytes, BANDWIDTH_REPEATS))
     cells = [cell.result(bandwidth["bound"]) for cell in cell_runs]
     workers = WORKERS[settings.isolation]
@@ -340,8 +340,8 @@ def run_benchmark(settings: Settings, weights_dir: Path, bandwidth_bytes: int = 
             "machine": machine_info(bandwidth, f"the fastest of torch.sum and a matrix-vector product (torch's, "
                                                f"and falcon_hf's one-row kernel where built) over "
                                                f"{bandwidth_bytes / GIB:g} GiB of float32, on torch's pages and on "
-                                               f"2 MiB pages where available, best of {BANDWIDTH_REPEATS} at the start and "
-                                               f"{BANDWIDTH_REPEATS} at the end"),
+                                               f"2 MiB pages where available, best of {BANDWIDTH_REPEATS} at the "
+                                               f"start and {BANDWIDTH_REPEATS} at the end"),
             "settings": {"configs": list(settings.configs), "dtypes": list(settings.dtypes),
                          "workloads": [w.name for w in settings.workloads], "reps": settings.reps,
                          "lengths": asdict(settings.lengths), "isolation": settings.isolation,

@@ -21,11 +21,10 @@ def memory_read_bandwidth(size_bytes: int = GIB, repeats: int = 5) -> dict[str, 
     `sum` is `torch.sum` over the array; `gemv` is a matrix-vector product over it viewed as (rows, 4096), which is
     what a batch-1 decode step does with every weight; `kernel_gemv` is the same product through falcon_hf's one-row
     decode kernel, where it is built (on AMD EPYC it streams twice as fast as torch's `mv`, faster than `sum`), and
-    `kernel_gemv_bfloat16` its bfloat16 kernel over the same bytes. All
-    run on torch's threads, as the models do, on torch's own pages and, where Linux gives 2 MiB pages on request
-    (falcon_hf puts its weights there), again on those (`..._huge_pages`). `bound` is the fastest of them, so that no
-    implementation can beat the roofline derived from it. Best-of rather than median: the bound is what the hardware
-    allows.
+    `kernel_gemv_bfloat16` its bfloat16 kernel over the same bytes. All run on torch's threads, as the models do, on
+    torch's own pages and, where Linux gives 2 MiB pages on request (falcon_hf puts its weights there), again on
+    those (`..._huge_pages`). `bound` is the fastest of them, so that no implementation can beat the roofline derived
+    from it. Best-of rather than median: the bound is what the hardware allows.
 
     Example:
 
@@ -70,7 +69,7 @@ def read_rates(array: torch.Tensor, repeats: int) -> dict[str, float]:
 class AdjacentBandwidth:
     """The bound again, quickly, right before and after each timed decode run, on one resident probe array.
 
-    The memory bandwidth of a shared host drifts from minute to minute (41-76 GB/s within one hour on the AMD EPYC
+    The memory bandwidth of a shared host drifts from minute to minute (41-82 GB/s within one hour on the AMD EPYC
     of session 6), so a decode run is compared with what a pure read achieved around it: the best of `read_rates`
     (best of `repeats` each) before and after the run.
     """

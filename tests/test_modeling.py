@@ -171,8 +171,12 @@ def test_sdpa_decode_steps_take_cpu_decode_attention_for_reduced_precision_batch
     torch's SDPA: 0.02 on logits of magnitude ~1); batch 1, a 20-token prefill and float32 keep torch's SDPA."""
     model = FalconHFForCausalLM(tiny_config).eval().to(dtype)
     calls = []
-    monkeypatch.setattr(modeling, "cpu_decode_attention_forward",
-                        lambda *args, **kwargs: calls.append(args[1].shape) or cpu_decode_attention_forward(*args, **kwargs))
+
+    def counted(*args, **kwargs):
+        calls.append(args[1].shape)  # the query
+        return cpu_decode_attention_forward(*args, **kwargs)
+
+    monkeypatch.setattr(modeling, "cpu_decode_attention_forward", counted)
     input_ids = torch.randint(0, 400, (3, 21))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, :5] = 0  # left padding
