@@ -167,3 +167,19 @@ def test_roofline_fractions_use_the_bandwidth_measured_around_each_run():
 def test_the_bound_is_each_method_best_over_measurements():
     assert fastest_rates({"sum": 40.0, "bound": 40.0}, {"sum": 44.0, "gemv": 30.0, "bound": 44.0}) == {
         "sum": 44.0, "gemv": 30.0, "bound": 44.0}
+
+
+def test_streaming_pairs_the_step_products_with_the_probe(capsys):
+    """`benchmarks/streaming.py` on the tiny shape: at least one (products, probe) pair, both positive, and the table
+    with the median ratio printed (no timing asserted)."""
+    from benchmarks import streaming
+    from falcon_hf.kernels import load
+
+    if not load().float32:
+        pytest.skip(f"kernels unavailable: {load().reason}")
+    weights = streaming.step_weights("tiny", streaming.DTYPES["float32"])
+    assert len(weights) == 4 * 2 + 1  # every linear layer of both blocks, and the LM head
+    pairs = streaming.main(["--config", "tiny", "--dtype", "float32", "--seconds", "0.5", "--interval", "0"])
+    assert pairs and all(products > 0 and probe > 0 for products, probe in pairs)
+    printed = capsys.readouterr().out
+    assert "| pair | products (GB/s) | probe (GB/s) | ratio |" in printed and "median ratio" in printed
