@@ -57,13 +57,18 @@ def read_rates(array: torch.Tensor, repeats: int) -> dict[str, float]:
     rates = {}
     for name, read in readers.items():
         read()  # fault the pages in / set up the kernel before timing
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            read()
-            best = min(best, time.perf_counter() - start)
-        rates[name] = array.numel() * 4 / best / 1e9
+        rates[name] = array.numel() * 4 / best_seconds(read, repeats) / 1e9
     return rates
+
+
+def best_seconds(read, repeats: int) -> float:
+    """The shortest of `repeats` timed calls of `read()`."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        read()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 class AdjacentBandwidth:

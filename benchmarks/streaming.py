@@ -24,13 +24,12 @@ from tqdm.auto import tqdm
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import GIB, AdjacentBandwidth  # noqa: E402
+from benchmarks.machine import GIB, AdjacentBandwidth, best_seconds  # noqa: E402
+from benchmarks.runners import DTYPES  # noqa: E402
 from benchmarks.weights import SHAPES, shape_config  # noqa: E402
 from falcon_hf import FalconHFForCausalLM  # noqa: E402
 from falcon_hf.kernels import small_batch_linear  # noqa: E402
 from falcon_hf.kernels.huge_pages import copy_to_huge_pages  # noqa: E402
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def step_weights(config_name: str, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -41,30 +40,30 @@ def step_weights(config_name: str, dtype: torch.dtype) -> list[torch.Tensor]:
     return [copy_to_huge_pages(torch.rand(shape).mul_(0.02).to(dtype)) for shape in shapes]
 
 
-def stream_seconds(weights: list[torch.Tensor], repeats: int = 3) -> float:
-    """Best of `repeats` times of one batch-1 product with every weight (the kernels; the step's own order)."""
+def step_products(weights: list[torch.Tensor]):
+    """A function running one batch-1 product with every weight, in the step's order, through the kernels."""
     rows = {size: torch.randn(1, size).to(weights[0].dtype) for size in {w.shape[1] for w in weights}}
     if small_batch_linear(rows[weights[0].shape[1]], weights[0]) is None:
         raise SystemExit("falcon_hf's CPU decode kernels are unavailable here; nothing to measure.")
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def run():
         for weight in weights:
             small_batch_linear(rows[weight.shape[1]], weight)
-        best = min(best, time.perf_counter() - start)
-    return best
+
+    return run
 
 
 def paired_rates(config_name: str, dtype: str, seconds: float, interval: float) -> list[tuple[float, float]]:
-    """(GB/s of the step's products, GB/s of the probe right after), one pair every `interval` seconds."""
+    """(GB/s of the step's products, best of 3, GB/s of the probe right after), one pair every `interval` seconds."""
     weights = step_weights(config_name, DTYPES[dtype])
     nbytes = sum(w.numel() * w.element_size() for w in weights)
+    products = step_products(weights)
     probe = AdjacentBandwidth(GIB)
     pairs = []
     started = time.perf_counter()
     with tqdm(total=round(seconds), desc=f"{config_name}/{dtype}", unit="s") as progress:
         while (elapsed := time.perf_counter() - started) < seconds:
-            pairs.append((nbytes / stream_seconds(weights) / 1e9, probe()))
+            pairs.append((nbytes / best_seconds(products, 3) / 1e9, probe()))
             progress.update(round(elapsed) - progress.n)
             time.sleep(interval)
     return pairs
