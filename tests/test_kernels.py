@@ -1,4 +1,5 @@
-"""The CPU decode kernels (`falcon_hf.kernels`) against torch's `F.linear`, and every decode path against the eager one.
+"""The CPU linear kernels (`falcon_hf.kernels`) against torch's `F.linear`, and every decode path against the eager one
+(the decode attention kernel alone: test_kernels_attention).
 
 Tolerances: float32 results within 16 float32 epsilons of sum |x_i w_i| from the float64 product (only the summation
 order differs from torch's); bfloat16 results within one bfloat16 rounding step of the float64 product, as torch's own
@@ -14,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import falcon_hf.kernels.attention as kernel_attention
 import falcon_hf.kernels.linear as kernel_linear
 import falcon_hf.modeling_falcon_hf as modeling
 from falcon_hf import FalconHFForCausalLM, enable_compiled_decoding
@@ -209,14 +211,15 @@ def prompts(model, batch):
 @pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
 def test_kernels_give_the_tokens_of_the_plain_pytorch_path(shakespeare_model, dtype, batch, cache_implementation,
                                                            monkeypatch):
-    """Greedy tokens with the kernels equal those of `F.linear` everywhere (same cache: a static cache attends over
-    its whole padded length, which changes bfloat16 sums by itself), up to bfloat16 ties (`assert_same_greedy_tokens`:
-    the dot-product kernels of CPUs without AMX part from oneDNN at an exact bfloat16 tie in one of these rows).
-    torch.compile is checked in test_modeling."""
+    """Greedy tokens with the kernels (linear layers and decode attention) equal those of plain PyTorch (`F.linear`,
+    torch's SDPA) everywhere (same cache: a static cache attends over its whole padded length, which changes bfloat16
+    sums by itself), up to bfloat16 ties (`assert_same_greedy_tokens`: the dot-product kernels of CPUs without AMX part
+    from oneDNN at an exact bfloat16 tie in one of these rows). torch.compile is checked in test_modeling."""
     model = shakespeare_model.to(dtype)
     input_ids, attention_mask = prompts(model, batch)
     with torch.no_grad(), monkeypatch.context() as patch:
         patch.setattr(modeling, "small_batch_linear", None)
+        patch.setattr(modeling, "cpu_decode_attention_applies", lambda query: False)
         reference = generate_with_logits(model, input_ids, attention_mask, cache_implementation=cache_implementation)
     with torch.no_grad():
         ours = generate_with_logits(model, input_ids, attention_mask, cache_implementation=cache_implementation)
@@ -227,7 +230,8 @@ def test_kernels_give_the_tokens_of_the_plain_pytorch_path(shakespeare_model, dt
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_decode_calls_the_kernel_operator_and_gives_the_eager_tokens(shakespeare_model, dtype, monkeypatch):
     """Under torch.compile (static cache, full graph) every linear layer of a decode step is the opaque operator
-    `falcon_hf::small_batch_linear`, which runs the kernel; the tokens equal the uncompiled kernel path's."""
+    `falcon_hf::small_batch_linear` and every attention `falcon_hf::decode_attention`, which run the kernels; the
+    tokens equal the uncompiled kernel path's."""
     model = shakespeare_model.to(dtype)
     input_ids, attention_mask = prompts(model, 3)
     with torch.no_grad():
@@ -238,11 +242,17 @@ def test_compiled_decode_calls_the_kernel_operator_and_gives_the_eager_tokens(sh
     run_kernel = kernel_linear.small_batch_linear
     monkeypatch.setattr(kernel_linear, "small_batch_linear", lambda x, *args: kernel_rows.append(x.shape[:-1]) or
                         run_kernel(x, *args))
+    attention_queries = []
+    run_attention = kernel_attention.decode_attention
+    monkeypatch.setattr(kernel_attention, "decode_attention", lambda query, *args: attention_queries.append(
+        query.shape) or run_attention(query, *args))
     with torch.no_grad():
         assert torch.equal(generate(model, input_ids, attention_mask), expected)
     layers = 4 * model.config.num_hidden_layers + 1
     assert len(kernel_rows) == 15 * layers  # 15 compiled decode steps (the prompt runs eagerly), every linear layer
     assert set(kernel_rows) == {(3, 1)}
+    config = model.config
+    assert attention_queries == [(3, config.num_attention_heads, 1, config.head_dim)] * 15 * config.num_hidden_layers
 
 
 @needs_bfloat16
@@ -337,7 +347,7 @@ def test_the_build_is_cached_and_atomic(tmp_path):
     first = run_python(code, FALCON_HF_CACHE=str(tmp_path))
     assert first.returncode == 0, first.stderr
     built = [path for path in tmp_path.rglob("*") if path.is_file()]
-    assert [path.name for path in built] == ["small_batch_linear.so"]  # no temporary file left
+    assert [path.name for path in built] == ["falcon_hf_kernels.so"]  # no temporary file left
     assert first.stdout.strip() == str(built[0])
     stamp = built[0].stat().st_mtime_ns
     second = run_python(code, FALCON_HF_CACHE=str(tmp_path))

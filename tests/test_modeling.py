@@ -6,7 +6,7 @@ from transformers import DynamicCache, StaticCache
 
 from falcon_hf import FalconHFConfig, FalconHFForCausalLM
 import falcon_hf.modeling_falcon_hf as modeling
-from falcon_hf.modeling_falcon_hf import alibi_distances, alibi_slopes, cpu_decode_attention_forward
+from falcon_hf.modeling_falcon_hf import alibi_distances, alibi_slopes, matmul_attention_forward
 
 from conftest import tiny_config_kwargs
 
@@ -146,7 +146,7 @@ def test_attention_implementations_agree_with_sdpa(tiny_model, implementation):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_cpu_decode_attention_is_as_accurate_as_torch_sdpa(dtype):
+def test_matmul_attention_is_as_accurate_as_torch_sdpa(dtype):
     """Against a float64 reference, on a padded ALiBi-style mask: at most torch's own SDPA error plus one rounding step
     of the output dtype (2^-8 of the largest output for bfloat16, 2^-11 for float16)."""
     generator = torch.Generator().manual_seed(0)
@@ -157,42 +157,61 @@ def test_cpu_decode_attention_is_as_accurate_as_torch_sdpa(dtype):
     reference = torch.nn.functional.scaled_dot_product_attention(query.double(), key.double(), value.double(),
                                                                  attn_mask=bias.double(), scale=scaling)
     theirs = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scaling)
-    ours, weights = cpu_decode_attention_forward(torch.nn.Module().eval(), query, key, value, bias, scaling)
+    ours, weights = matmul_attention_forward(torch.nn.Module().eval(), query, key, value, bias, scaling)
     assert weights is None and ours.shape == (8, 1, 12, 64) and ours.dtype == dtype
     step = reference.abs().max().item() * torch.finfo(dtype).eps
     their_error = (theirs.double() - reference).abs().max().item()
     assert (ours.transpose(1, 2).double() - reference).abs().max().item() <= their_error + step
 
 
-@torch.no_grad()
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_sdpa_decode_steps_take_cpu_decode_attention_for_reduced_precision_batches(tiny_config, dtype, monkeypatch):
-    """A decode step of a bfloat16 batch runs `cpu_decode_attention_forward` (logits within bfloat16 rounding of
-    torch's SDPA: 0.02 on logits of magnitude ~1); batch 1, a 20-token prefill and float32 keep torch's SDPA."""
-    model = FalconHFForCausalLM(tiny_config).eval().to(dtype)
-    calls = []
-
-    def counted(*args, **kwargs):
-        calls.append(args[1].shape)  # the query
-        return cpu_decode_attention_forward(*args, **kwargs)
-
-    monkeypatch.setattr(modeling, "cpu_decode_attention_forward", counted)
-    input_ids = torch.randint(0, 400, (3, 21))
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, :5] = 0  # left padding
-
-    def decode_step_logits():
+def route_counts(model, monkeypatch, input_ids, attention_mask):
+    """{route: calls} of the attention functions one decode step (after a prefill of all but the last token) runs."""
+    counts = {}
+    for name in ("decode_attention", "matmul_attention_forward"):
+        function = getattr(modeling, name)
+        if function is not None:
+            monkeypatch.setattr(modeling, name, lambda *args, _name=name, _function=function, **kwargs: (
+                counts.__setitem__(_name, counts.get(_name, 0) + 1) or _function(*args, **kwargs)))
+    with torch.no_grad():
         prompt = model(input_ids[:, :-1], attention_mask=attention_mask[:, :-1], use_cache=True)
-        return model(input_ids[:, -1:], attention_mask=attention_mask, cache=prompt.cache, use_cache=True).logits
+        counts.clear()  # the prefill (20 queries) keeps torch's SDPA
+        logits = model(input_ids[:, -1:], attention_mask=attention_mask, cache=prompt.cache, use_cache=True).logits
+    return counts, logits
 
-    ours = decode_step_logits()
-    expected_calls = [(3, 4, 1, 8)] * tiny_config.num_hidden_layers if dtype is torch.bfloat16 else []
-    assert calls == expected_calls  # the decode step only
-    calls.clear()
-    model(input_ids[:1, -1:], use_cache=False)  # batch 1
-    assert calls == []
-    monkeypatch.setattr(modeling, "cpu_decode_attention_applies", lambda query: False)
-    torch.testing.assert_close(ours.float(), decode_step_logits().float(), atol=0.02, rtol=0)
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_sdpa_decode_steps_route_to_the_decode_kernel_else_matmuls_for_reduced_precision_batches(
+    tiny_config, dtype, batch, monkeypatch
+):
+    """With falcon_hf's kernels, every sdpa decode step on CPU runs `decode_attention`; without them (a copy of the
+    file without the plugin, or no AVX-512), reduced-precision batches run `matmul_attention_forward` and the rest
+    torch's SDPA. Each route's logits equal torch's SDPA within the dtype's rounding (float32: 1e-5; bfloat16: 0.02
+    on logits of magnitude ~1)."""
+    model = FalconHFForCausalLM(tiny_config).eval().to(dtype)
+    input_ids = torch.randint(0, 400, (batch, 21))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[-1, :5] = 0  # left padding
+    layers = tiny_config.num_hidden_layers
+    with monkeypatch.context() as patch:
+        patch.setattr(modeling, "cpu_decode_attention_applies", lambda query: False)
+        _, expected = route_counts(model, patch, input_ids, attention_mask)
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 0.02}[dtype]
+    if modeling.decode_attention is not None and kernels_built():
+        with monkeypatch.context() as patch:
+            counts, logits = route_counts(model, patch, input_ids, attention_mask)
+        assert counts == {"decode_attention": layers}
+        torch.testing.assert_close(logits.float(), expected.float(), atol=tolerance, rtol=0)
+    monkeypatch.setattr(modeling, "decode_attention", None)
+    counts, logits = route_counts(model, monkeypatch, input_ids, attention_mask)
+    assert counts == ({"matmul_attention_forward": layers} if dtype is torch.bfloat16 and batch > 1 else {})
+    torch.testing.assert_close(logits.float(), expected.float(), atol=tolerance, rtol=0)
+
+
+def kernels_built() -> bool:
+    from falcon_hf.kernels import load
+
+    return load().library is not None
 
 
 @torch.no_grad()

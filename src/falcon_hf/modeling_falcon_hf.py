@@ -31,10 +31,12 @@ logger = logging.get_logger(__name__)
 # The plugin's CPU decode kernels and huge-page weights. `trust_remote_code` copies of this file (another package) run
 # on F.linear alone and never import the plugin.
 small_batch_linear = traced_linear_applies = place_weights_on_huge_pages = None
+decode_attention = traced_attention_applies = None
 if __package__ == "falcon_hf":
     kernels = importlib.import_module("falcon_hf.kernels")
     small_batch_linear, place_weights_on_huge_pages = kernels.small_batch_linear, kernels.place_weights_on_huge_pages
-    traced_linear_applies = kernels.traced_linear_applies
+    traced_linear_applies, decode_attention = kernels.traced_linear_applies, kernels.decode_attention
+    traced_attention_applies = kernels.traced_attention_applies
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -136,14 +138,8 @@ CPU_DECODE_ATTENTION_MAX_QUERIES = 16  # decode steps (and short assisted-decodi
 
 
 def cpu_decode_attention_applies(query: torch.Tensor) -> bool:
-    """Whether `sdpa` should run as `cpu_decode_attention_forward`: a few bfloat16/float16 queries on CPU, in a batch
-    (at batch 1 torch's kernel is as fast end to end: 0.94-0.98x in `generate` A/Bs on the small config)."""
-    return (
-        query.device.type == "cpu"
-        and query.dtype in (torch.bfloat16, torch.float16)
-        and query.shape[0] > 1
-        and query.shape[2] <= CPU_DECODE_ATTENTION_MAX_QUERIES
-    )
+    """Whether `sdpa` should run as `cpu_decode_attention_forward`: a few queries on CPU."""
+    return query.device.type == "cpu" and query.shape[2] <= CPU_DECODE_ATTENTION_MAX_QUERIES
 
 
 def cpu_decode_attention_forward(
@@ -156,12 +152,45 @@ def cpu_decode_attention_forward(
     dropout: float = 0.0,
     **kwargs: Unpack[TransformersKwargs],
 ):
-    """SDPA's result for a few reduced-precision queries on CPU, through two batched matrix products.
+    """SDPA's result for the few queries of a decode step on CPU, by the fastest route that computes it.
 
-    torch's CPU flash kernel (what `sdpa` picks with an additive mask) takes 3-4x longer on decode-sized bfloat16
-    queries than this (batch 8, 12 heads, 100 keys: 412 against 104 us a layer, on AMD EPYC and torch 2.13). Scores,
-    ALiBi bias and softmax are in float32, as in that kernel, so the accuracy is the same (max error against a
-    float64 reference: 2.2e-3 both); only the probabilities are rounded to the value dtype for the second product.
+    torch's CPU flash kernel (what `sdpa` picks with an additive mask) spends most of its time outside the arithmetic
+    on decode-sized queries: 136 us a layer in bfloat16 at the 1.31B shape (32 heads, 100 keys, AMD EPYC, torch
+    2.13), 23 us through falcon_hf's decode kernel (`falcon_hf.kernels.decode_attention`: float32 or bfloat16,
+    softmax in float32, one rounding, as in torch's kernel; compiled graphs call it as the operator
+    `torch.ops.falcon_hf.decode_attention`). Where that kernel does not apply (float16, no AVX-512,
+    a copy of this file without the plugin), reduced-precision batches take two float32-score matrix products (3-4x
+    faster than the flash kernel there) and the rest torch's SDPA.
+    """
+    if decode_attention is not None and not (dropout and module.training):
+        if not torch.compiler.is_compiling():
+            output = decode_attention(query, key, value, attention_mask, scaling)
+            if output is not None:
+                return output, None
+        elif traced_attention_applies(query, attention_mask):
+            return torch.ops.falcon_hf.decode_attention(query, key, value, attention_mask, scaling), None
+    if query.dtype in (torch.bfloat16, torch.float16) and query.shape[0] > 1:
+        return matmul_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
+
+
+def matmul_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+) -> tuple[torch.Tensor, None]:
+    """SDPA's result for a few reduced-precision queries, through two batched matrix products.
+
+    On decode-sized bfloat16 batches torch's CPU flash kernel takes 3-4x longer than this (batch 8, 12 heads, 100
+    keys: 412 against 104 us a layer, on AMD EPYC and torch 2.13). Scores, ALiBi bias and softmax are in float32, as in
+    that kernel, so the accuracy is the same (max error against a float64 reference: 2.2e-3 both); only the
+    probabilities are rounded to the value dtype for the second product.
     """
     scores = torch.matmul(query.float(), key.float().transpose(2, 3)).mul_(scaling)  # (B, nh, T, S)
     if attention_mask is not None:

@@ -1,13 +1,13 @@
-"""Compile `small_batch_linear.c` once per machine and load it with ctypes.
+"""Compile the CPU kernels (`small_batch_linear.c`, `decode_attention.c`) once per machine; load them with ctypes.
 
 The library is plain C (no torch headers), so a build takes about a second. It is cached under
-`$FALCON_HF_CACHE/kernels/<hash>/` (default `~/.cache/falcon_hf`), keyed by the source, the compiler and its flags, and
+`$FALCON_HF_CACHE/kernels/<hash>/` (default `~/.cache/falcon_hf`), keyed by the sources, the compiler and its flags, and
 written atomically, so concurrent processes (torchrun workers) never load a half-written file. It is built with
 `-fopenmp` and loaded after torch, so its `libgomp.so.1` is the one torch already loaded: one OpenMP thread pool.
 
 Nothing is built where the CPU lacks AVX-512 (bfloat16 also needs AVX512-BF16; AMX is used where present), where no C
 compiler is found (or it is too old for AMX: GCC 11, Clang 12), or where
-`FALCON_HF_CPU_KERNELS=0`; the model then uses torch's `F.linear`, which computes the same thing.
+`FALCON_HF_CPU_KERNELS=0`; the model then uses torch's `F.linear` and attention, which compute the same thing.
 """
 
 import ctypes
@@ -25,7 +25,8 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-SOURCE = Path(__file__).with_name("small_batch_linear.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("small_batch_linear.c", "decode_attention.c")]
+LIBRARY_NAME = "falcon_hf_kernels.so"
 DISABLE_ENV = "FALCON_HF_CPU_KERNELS"
 CACHE_ENV = "FALCON_HF_CACHE"
 FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16",
@@ -74,12 +75,12 @@ def compiler() -> str | None:
 
 
 def compile_library(cc: str, target: Path) -> None:
-    """Compile the source to `target` through a temporary file in the same folder, then rename (atomic)."""
+    """Compile the sources to `target` through a temporary file in the same folder, then rename (atomic)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True, timeout=120)
+        subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp], check=True, capture_output=True, text=True, timeout=120)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -92,6 +93,9 @@ def bind(library: ctypes.CDLL) -> ctypes.CDLL:
         function.argtypes = [pointer, long, pointer, pointer, pointer, long, long, long, long, ctypes.c_int]
         function.restype = ctypes.c_int
     library.falcon_hf_amx_enable.restype = ctypes.c_int
+    library.falcon_hf_decode_attention.argtypes = [ctypes.c_int, pointer, pointer, pointer, pointer, pointer, pointer,
+                                                   long, long, long, long, long, ctypes.c_float, ctypes.c_int]
+    library.falcon_hf_decode_attention.restype = ctypes.c_int
     return library
 
 
@@ -116,8 +120,8 @@ def build_and_load() -> KernelLibrary:
         return KernelLibrary.unavailable("no C compiler found (set CC, or install gcc)")
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-        key = hashlib.sha256("\n".join([SOURCE.read_text(), cc, version, *FLAGS]).encode()).hexdigest()[:16]
-        target = cache_dir() / key / "small_batch_linear.so"
+        key = hashlib.sha256("\n".join([*(source.read_text() for source in SOURCES), cc, version, *FLAGS]).encode()).hexdigest()[:16]
+        target = cache_dir() / key / LIBRARY_NAME
         if not target.exists():
             logger.info("Compiling falcon_hf's CPU decode kernels into %s", target)
             compile_library(cc, target)
