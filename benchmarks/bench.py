@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -39,7 +40,7 @@ from transformers.utils import logging
 from .machine import (GIB, AdjacentBandwidth, available_memory_bytes, fastest_rates, machine_info,
                       memory_read_bandwidth, now_iso, versions)
 from .report import main_table, summarize_measurement, summary_rows, update_readme_section, write_report
-from .runners import DTYPES, IMPLEMENTATIONS, Lengths, Workload, variants_of
+from .runners import DTYPES, IMPLEMENTATIONS, IN_RUN_SAMPLES, Lengths, Workload, variants_of
 from .weights import SHAPES, build_checkpoints, bytes_read_per_decode_step, parameter_count, shape_config
 from .workers import WORKERS, quiet_libraries
 
@@ -53,6 +54,7 @@ minutes on 2 cores (one batch-8 float32 round alone takes ~8 minutes); `--reps 3
 QUICK_LENGTHS = Lengths(prompt=8, new_tokens=4, prefill=32, train_sequence=16, train_batch=2, warmup_new_tokens=2)
 RUNTIME_OVERHEAD_GB = 0.8  # torch/keras/transformers imports and allocator slack per worker
 BANDWIDTH_REPEATS = 10
+IN_RUN_PROBE_SHARE = 4  # the probe inside a decode run reads a quarter of the probe around it (256 MiB of 1 GiB)
 MEMORY_HEADROOM = 0.85  # plan to use at most this share of the memory available at the start of a cell
 
 
@@ -124,10 +126,11 @@ class CellRun:
     """Runs every workload of one (config, dtype) and collects the records, memory figures and notes."""
 
     def __init__(self, config_name: str, dtype: str, checkpoints, settings: Settings, progress: tqdm,
-                 adjacent_bandwidth=None):
+                 adjacent_bandwidth=None, in_run_probe_bytes: int = 0):
         self.config_name, self.dtype, self.checkpoints = config_name, dtype, checkpoints
         self.settings, self.progress = settings, progress
         self.adjacent_bandwidth = adjacent_bandwidth  # GB/s around each timed decode run (AdjacentBandwidth)
+        self.in_run_probe_bytes = in_run_probe_bytes  # the probe inside each timed HF decode run (BandwidthSampler)
         self.records: dict[tuple[str, str, str], dict] = {}
         self.memory = {impl: {} for impl in settings.implementations}
         self.notes: list[str] = []
@@ -165,6 +168,7 @@ class CellRun:
         key = (step.impl, step.workload.name, step.variant)
         return self.records.setdefault(key, {"impl": step.impl, "workload": step.workload.name,
                                              "variant": step.variant, "times_s": [], "bandwidth_gbs": [],
+                                             "in_run_bandwidth_gbs": [], "in_run_samples_gbs": [], "step_s": [],
                                              "warmup_s": None, "status": "ok"})
 
     def run_step(self, step: Step) -> None:
@@ -180,9 +184,15 @@ class CellRun:
         else:
             adjacent = self.adjacent_bandwidth if step.workload.kind == "decode" and step.rep >= 0 else None
             before = adjacent() if adjacent else None
-            reply = worker.measure(step.workload, step.variant, warmup=step.rep < 0)
+            reply = worker.measure(step.workload, step.variant, warmup=step.rep < 0,
+                                   probe_bytes=self.in_run_probe_bytes if adjacent else 0)
             if adjacent and "seconds" in reply:
                 record["bandwidth_gbs"].append(max(before, adjacent()))
+            if reply.get("in_run_bandwidth_gbs"):
+                samples = reply["in_run_bandwidth_gbs"]
+                record["in_run_samples_gbs"].append(samples)
+                record["in_run_bandwidth_gbs"].append(statistics.harmonic_mean(samples))
+                record["step_s"].append(reply["step_s"])
             if "error" in reply:
                 record["status"] = f"fails: {reply['error']}"
                 logger.warning(f"{self.config_name}/{self.dtype} {step.impl} {step.workload.name} "
@@ -322,7 +332,8 @@ def run_benchmark(settings: Settings, weights_dir: Path, bandwidth_bytes: int = 
                 progress.set_postfix_str(f"{config_name}: building random weights and exports")
                 checkpoints = build_checkpoints(config_name, weights_dir)
                 for dtype in settings.dtypes:
-                    cell = CellRun(config_name, dtype, checkpoints, settings, progress, adjacent_bandwidth)
+                    cell = CellRun(config_name, dtype, checkpoints, settings, progress, adjacent_bandwidth,
+                                   bandwidth_bytes // IN_RUN_PROBE_SHARE)
                     cell.run()
                     cell_runs.append(cell)
     finally:
@@ -345,7 +356,8 @@ def run_benchmark(settings: Settings, weights_dir: Path, bandwidth_bytes: int = 
             "settings": {"configs": list(settings.configs), "dtypes": list(settings.dtypes),
                          "workloads": [w.name for w in settings.workloads], "reps": settings.reps,
                          "lengths": asdict(settings.lengths), "isolation": settings.isolation,
-                         "compile_decode": settings.compile_decode, "memory_method": workers.memory_method},
+                         "compile_decode": settings.compile_decode, "memory_method": workers.memory_method,
+                         "in_run_samples": IN_RUN_SAMPLES},
         },
         "cells": cells,
     }
@@ -420,6 +432,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.render is not None:
         report = json.loads(args.render.read_text(encoding="utf-8"))
         report["meta"]["note"] = args.note or report["meta"].get("note")
+        for cell in report["cells"]:  # the summary as this version of report.py draws it (targets, best variants)
+            cell["summary"] = summary_rows(cell)
         stem = args.name or args.render.stem
     else:
         report = measure_all(args, argv)

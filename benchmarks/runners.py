@@ -13,12 +13,15 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
+from .machine import AdjacentBandwidth
 from .weights import Checkpoints
 
 LEARNING_RATE = 1e-5  # small so that repeated training steps keep the random weights (and their speed) unchanged
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TOKEN_ID_LIMIT = 50256  # GPT-2's ids below <|endoftext|>; random prompts never contain the end token
+IN_RUN_SAMPLES = 8  # bandwidth probes inside one timed decode run (HF generate only), evenly spaced in steps
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,36 @@ class Workload:
         if self.kind == "prefill":
             return lengths.prefill
         return lengths.train_batch * lengths.train_sequence
+
+
+class BandwidthSampler(StoppingCriteria):
+    """A stopping criterion that never stops: every `every` generated tokens it runs `probe` (GB/s of a pure read,
+    `machine.AdjacentBandwidth`) and keeps the rate and the seconds it took, which `measure` takes out of the run's
+    time. The rates say what bandwidth the host gave while the run was going, not seconds before or after it.
+
+    It is called once per generated token, so it also times the decode steps alone: `steps_seconds` runs from the
+    first call (prompt and first token done) to the last, probes excluded, over `calls - 1` steps."""
+
+    def __init__(self, probe, every: int):
+        self.probe, self.every = probe, max(1, every)
+        self.calls, self.rates, self.seconds = 0, [], 0.0
+        self.first_call, self.steps_seconds = None, 0.0
+
+    @property
+    def step_seconds(self) -> float | None:
+        """Mean seconds of one decode step after the first token (None before two calls)."""
+        return self.steps_seconds / (self.calls - 1) if self.calls > 1 else None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        self.calls += 1
+        now = time.perf_counter()
+        self.first_call = now if self.first_call is None else self.first_call
+        self.steps_seconds = now - self.first_call - self.seconds  # every probe so far ran between the two
+        if self.calls % self.every == 0:
+            start = time.perf_counter()
+            self.rates.append(self.probe())
+            self.seconds += time.perf_counter() - start
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def random_token_ids(batch: int, length: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
@@ -86,7 +119,7 @@ class HFRunner:
         if self.model.config._attn_implementation != attention:
             self.model.set_attn_implementation(attention)
 
-    def decode(self, variant: str, batch: int, new_tokens: int) -> None:
+    def decode(self, variant: str, batch: int, new_tokens: int, sampler: BandwidthSampler | None = None) -> None:
         from transformers import CompileConfig
 
         self._use_attention(variant)
@@ -98,6 +131,8 @@ class HFRunner:
             options["compile_config"] = compile_config
         else:
             options["disable_compile"] = True
+        if sampler is not None:
+            options["stopping_criteria"] = StoppingCriteriaList([sampler])
         with torch.inference_mode():
             output = self.model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                                          max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -151,7 +186,7 @@ class FalconHFRunner(HFRunner):
         else:
             huge_pages.place_weights_on_huge_pages(self.model)
 
-    def decode(self, variant: str, batch: int, new_tokens: int) -> None:
+    def decode(self, variant: str, batch: int, new_tokens: int, sampler: BandwidthSampler | None = None) -> None:
         import falcon_hf.modeling_falcon_hf as modeling
 
         kernel, placer = modeling.small_batch_linear, modeling.place_weights_on_huge_pages
@@ -160,7 +195,7 @@ class FalconHFRunner(HFRunner):
         if variant.endswith("+small-pages"):
             modeling.place_weights_on_huge_pages = None
         try:
-            super().decode(variant, batch, new_tokens)
+            super().decode(variant, batch, new_tokens, sampler)
         finally:
             modeling.small_batch_linear, modeling.place_weights_on_huge_pages = kernel, placer
 
@@ -205,7 +240,8 @@ class KerasHubRunner:
     def prepare(self, kind: str, variant: str) -> None:
         """Nothing to set up untimed."""
 
-    def decode(self, variant: str, batch: int, new_tokens: int) -> None:
+    def decode(self, variant: str, batch: int, new_tokens: int, sampler: BandwidthSampler | None = None) -> None:
+        """`sampler` is ignored: keras-hub's generate loop has no per-step hook (its runs keep the probes around)."""
         total = self.lengths.prompt + new_tokens
         prompt = random_token_ids(batch, self.lengths.prompt, self.vocab_size).numpy().astype("int32")
         # keras-hub generates into the padded slots of `token_ids` (up to max_length = their width); no stop tokens.
@@ -266,27 +302,44 @@ def variants_of(impl: str, kind: str, compile_decode: bool = False) -> tuple[str
     return found
 
 
-def measure(runner, workload: Workload, variant: str, warmup: bool = False) -> float:
-    """Seconds of one run of `workload` (untimed set-up excluded). A warm-up decode is short, except for compiled
-    variants whose graphs depend on the cache length; training always takes one untimed step first, on a fresh
-    optimizer that is dropped afterwards."""
+def measure(runner, workload: Workload, variant: str, warmup: bool = False, probe_bytes: int = 0) -> dict:
+    """`seconds` of one run of `workload` (untimed set-up excluded) and, for a timed decode run with `probe_bytes`,
+    `in_run_bandwidth_gbs`, the probe rates sampled inside the run (`BandwidthSampler`; their time is not counted),
+    and `step_s`, the mean time of a decode step after the first token.
+    A warm-up decode is short, except for compiled variants whose graphs depend on the cache length; training always
+    takes one untimed step first, on a fresh optimizer that is dropped afterwards."""
     runner.prepare(workload.kind, variant)
     if workload.kind == "decode":
         new_tokens = runner.lengths.new_tokens
         if warmup and "compile" not in variant:
             new_tokens = min(new_tokens, runner.lengths.warmup_new_tokens)
+        sampler = None
+        if probe_bytes and not warmup:
+            sampler = BandwidthSampler(in_run_probe(runner, probe_bytes), new_tokens // IN_RUN_SAMPLES)
         start = time.perf_counter()
-        runner.decode(variant, workload.batch, new_tokens)
-        return time.perf_counter() - start
+        runner.decode(variant, workload.batch, new_tokens, sampler)
+        seconds = time.perf_counter() - start
+        if sampler is None:
+            return {"seconds": seconds}
+        return {"seconds": seconds - sampler.seconds, "in_run_bandwidth_gbs": sampler.rates,
+                "step_s": sampler.step_seconds}
     if workload.kind == "prefill":
         start = time.perf_counter()
         runner.prefill(variant)
-        return time.perf_counter() - start
+        return {"seconds": time.perf_counter() - start}
     runner.start_training(variant)
     try:
         runner.train_step()
         start = time.perf_counter()
         runner.train_step()
-        return time.perf_counter() - start
+        return {"seconds": time.perf_counter() - start}
     finally:
         runner.stop_training()
+
+
+def in_run_probe(runner, probe_bytes: int) -> AdjacentBandwidth:
+    """The runner's own probe array (allocated once, in its process), best of 2 per method and sample."""
+    probe = getattr(runner, "in_run_probe", None)
+    if probe is None or probe.array.numel() * 4 != probe_bytes:
+        runner.in_run_probe = probe = AdjacentBandwidth(probe_bytes, repeats=2)
+    return probe

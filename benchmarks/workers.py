@@ -55,12 +55,12 @@ def load_runner(impl: str, checkpoints: Checkpoints, dtype: str, lengths: Length
 
 
 def handle(runner, command: dict) -> dict:
-    """Run one command: `measure` (workload, variant, warmup) or `memory`."""
+    """Run one command: `measure` (workload, variant, warmup, probe_bytes) or `memory`."""
     if command["op"] == "memory":
         rss, peak = resident_memory_gb()
         return {"rss_gb": rss, "peak_rss_gb": peak}
     try:
-        return {"seconds": measure(runner, command["workload"], command["variant"], command["warmup"])}
+        return measure(runner, command["workload"], command["variant"], command["warmup"], command["probe_bytes"])
     except Exception as error:  # noqa: BLE001 -- a failing variant (a static cache) is a result, not a crash
         return {"error": error_text(error), "traceback": traceback.format_exc()}
 
@@ -123,8 +123,9 @@ class ProcessWorker:
         self.connection.send(command)
         return self._receive()
 
-    def measure(self, workload: Workload, variant: str, warmup: bool) -> dict:
-        return self.call({"op": "measure", "workload": workload, "variant": variant, "warmup": warmup})
+    def measure(self, workload: Workload, variant: str, warmup: bool, probe_bytes: int = 0) -> dict:
+        return self.call({"op": "measure", "workload": workload, "variant": variant, "warmup": warmup,
+                          "probe_bytes": probe_bytes})
 
     def memory(self) -> dict:
         return self.call({"op": "memory"})
@@ -156,8 +157,9 @@ class InlineWorker:
     def alive(self) -> bool:
         return self.runner is not None
 
-    def measure(self, workload: Workload, variant: str, warmup: bool) -> dict:
-        return handle(self.runner, {"op": "measure", "workload": workload, "variant": variant, "warmup": warmup})
+    def measure(self, workload: Workload, variant: str, warmup: bool, probe_bytes: int = 0) -> dict:
+        return handle(self.runner, {"op": "measure", "workload": workload, "variant": variant, "warmup": warmup,
+                                    "probe_bytes": probe_bytes})
 
     def memory(self) -> dict:
         return handle(self.runner, {"op": "memory"})

@@ -6,10 +6,13 @@ Structure only: no timing is asserted anywhere.
 import contextlib
 import io
 import json
+import statistics
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import StoppingCriteriaList
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # `benchmarks/` is a folder of the repository, not part of the installed package
@@ -61,6 +64,14 @@ def check_report(report: dict, isolation: str, workloads: list[str]) -> None:
         if record["workload"].startswith("decode") and record["status"] == "ok":  # bandwidth around each run
             assert len(record["bandwidth_gbs"]) == 1 and record["bandwidth_gbs"][0] > 0
             assert record["roofline_fraction"] > 0 and record["roofline_fraction_of_bound"] > 0
+            # and inside it: one probe per generated token here (4 new tokens, 8 samples asked for), HF only
+            samples = record["in_run_samples_gbs"]
+            assert samples == ([] if record["impl"] == "keras_hub" else [samples[0]])
+            if samples:
+                assert len(samples[0]) == meta["settings"]["lengths"]["new_tokens"] and min(samples[0]) > 0
+                assert record["in_run_bandwidth_gbs"] == [pytest.approx(statistics.harmonic_mean(samples[0]))]
+                assert record["roofline_fraction"] == record["roofline_fraction_in_run"] > 0
+                assert len(record["step_s"]) == 1 and record["roofline_fraction_steps_in_run"] > 0
     assert set(cell["memory"]) == set(IMPLEMENTATIONS)
     for memory in cell["memory"].values():
         assert memory["rss_after_load_gb"] > 0 and memory["peak_rss_inference_gb"] >= memory["rss_after_load_gb"]
@@ -135,6 +146,17 @@ def test_summary_compares_best_variants_and_checks_the_issue_targets():
                                                                   ("≥1.5× keras-hub", True)]
     (row,) = summary_rows(synthetic_cell("1b", "float32"))
     assert [(c["target"], c["met"]) for c in row["targets"]] == [("≥0.90 roofline", True), ("≥1.5× keras-hub", True)]
+    # A roofline target checks the variant with the best fraction, even where another one ran faster (at a moment
+    # of higher bandwidth); the ratios stay with the fastest.
+    cell = synthetic_cell("1b", "bfloat16")
+    cell["measurements"][1]["roofline_fraction"] = 0.70
+    cell["measurements"].append({"impl": "falcon_hf", "workload": "decode_b1", "variant": "sdpa+static+compile",
+                                 "status": "ok", "tokens_per_s": 41.0, "roofline_fraction": 0.81})
+    (row,) = summary_rows(cell)
+    assert row["falcon_hf"]["variant"] == "sdpa+static" and row["vs_transformers"] == pytest.approx(46 / 35)
+    assert row["targets"][0] == {"target": "≥0.75 roofline", "value": 0.81, "variant": "sdpa+static+compile",
+                                 "met": True}
+    assert "≥0.75 roofline ✓ (81% `sdpa+static+compile`)" in main_table({"cells": [{**cell, "summary": [row]}]})
     assert [t.threshold for t in targets("1b", "bfloat16", "decode_b1")] == [0.75, 1.5]
     assert [t.label for t in targets("small", "bfloat16", "decode_b8")] == ["≥1.3× transformers"]
     assert [t.threshold for t in targets("1b", "float32", "train")] == [1.0]
@@ -162,6 +184,39 @@ def test_roofline_fractions_use_the_bandwidth_measured_around_each_run():
     old_report = {"variant": "sdpa+dynamic", "times_s": [2.0]}  # saved before the probes: the run's bound only
     summarize_measurement(old_report, tokens=100, roofline=100.0, roofline_per_gbs=1.0)
     assert old_report["roofline_fraction"] == old_report["roofline_fraction_of_bound"] == 0.5
+
+
+def test_the_in_run_bandwidth_is_the_headline_fraction_where_sampled():
+    """The same two runs, whose in-run samples averaged 40 and 50 GB/s: fractions 1.25 and 0.5, median 0.875; the
+    probes around them still give 1.0, kept beside it."""
+    record = {"workload": "decode_b1", "variant": "sdpa+dynamic", "times_s": [2.0, 4.0], "bandwidth_gbs": [50.0, 25.0],
+              "in_run_bandwidth_gbs": [40.0, 50.0], "step_s": [0.02, 0.025]}
+    summarize_measurement(record, tokens=100, roofline=100.0, roofline_per_gbs=1.0)
+    assert record["roofline_fraction_in_run"] == record["roofline_fraction"] == pytest.approx(0.875)
+    assert record["roofline_fraction_adjacent"] == pytest.approx(1.0)
+    # the steps alone, prompt and first token left out: 50 tokens/s at 40 GB/s, 40 at 50 GB/s
+    assert record["roofline_fraction_steps_in_run"] == pytest.approx((1.25 + 0.8) / 2)
+    assert "(88% in run, 100% around)" in main_table({"cells": [{
+        "config": "1b", "dtype": "bfloat16", "measurements": [], "summary": [{
+            "workload": "decode_b1", "falcon_hf": {**record, "variant": "sdpa+dynamic"}, "transformers": None,
+            "keras_hub": None, "vs_transformers": None, "vs_keras_hub": None, "targets": []}]}]})
+
+
+def test_bandwidth_sampler_probes_inside_generate_without_changing_the_tokens(tiny_model):
+    """`runners.BandwidthSampler` as a stopping criterion: one probe every `every` tokens, its time kept apart, and
+    greedy tokens identical to a run without it (it never stops a sequence)."""
+    from benchmarks.runners import BandwidthSampler
+
+    calls = []
+    sampler = BandwidthSampler(lambda: calls.append(1) or 42.0, every=3)
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        plain = tiny_model.generate(prompt, do_sample=False, max_new_tokens=10, min_new_tokens=10)
+        sampled = tiny_model.generate(prompt, do_sample=False, max_new_tokens=10, min_new_tokens=10,
+                                      stopping_criteria=StoppingCriteriaList([sampler]))
+    assert torch.equal(plain, sampled) and plain.shape == (1, 14)
+    assert sampler.calls == 10 and sampler.rates == [42.0] * 3 and len(calls) == 3 and sampler.seconds >= 0
+    assert sampler.step_seconds == pytest.approx(sampler.steps_seconds / 9) and sampler.steps_seconds > 0
 
 
 def test_the_bound_is_each_method_best_over_measurements():
