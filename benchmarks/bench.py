@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -168,7 +167,7 @@ class CellRun:
         key = (step.impl, step.workload.name, step.variant)
         return self.records.setdefault(key, {"impl": step.impl, "workload": step.workload.name,
                                              "variant": step.variant, "times_s": [], "bandwidth_gbs": [],
-                                             "in_run_bandwidth_gbs": [], "in_run_samples_gbs": [], "step_s": [],
+                                             "in_run_samples_gbs": [], "step_s": [],
                                              "warmup_s": None, "status": "ok"})
 
     def run_step(self, step: Step) -> None:
@@ -189,9 +188,7 @@ class CellRun:
             if adjacent and "seconds" in reply:
                 record["bandwidth_gbs"].append(max(before, adjacent()))
             if reply.get("in_run_bandwidth_gbs"):
-                samples = reply["in_run_bandwidth_gbs"]
-                record["in_run_samples_gbs"].append(samples)
-                record["in_run_bandwidth_gbs"].append(statistics.harmonic_mean(samples))
+                record["in_run_samples_gbs"].append(reply["in_run_bandwidth_gbs"])
                 record["step_s"].append(reply["step_s"])
             if "error" in reply:
                 record["status"] = f"fails: {reply['error']}"

@@ -56,7 +56,8 @@ def summarize_measurement(record: dict, tokens: int, roofline: float | None,
     """Median seconds, tokens/s and roofline fractions of one (impl, workload, variant) record, in place.
 
     Decode runs carry up to two bandwidths each: `bandwidth_gbs`, probed right before and after the run (the better
-    of the two), and `in_run_bandwidth_gbs`, sampled inside it (the harmonic mean of the samples; HF generate only).
+    of the two), and `in_run_bandwidth_gbs`, the harmonic mean of the samples taken inside it (`in_run_samples_gbs`,
+    HF generate only; derived here).
     `roofline_fraction_adjacent` and `roofline_fraction_in_run` are the medians of the per-run fractions against
     them, `roofline_fraction_of_bound` is against the report's bound (`roofline` tokens/s), and `roofline_fraction`,
     the headline and what the targets check, is the first of in-run, adjacent and bound that the record has.
@@ -69,6 +70,8 @@ def summarize_measurement(record: dict, tokens: int, roofline: float | None,
         record["tokens_per_s"] = tokens / record["median_s"]
         record["roofline_fraction"] = record["roofline_fraction_of_bound"] = (
             record["tokens_per_s"] / roofline if roofline else None)
+        if record.get("in_run_samples_gbs"):
+            record["in_run_bandwidth_gbs"] = [statistics.harmonic_mean(run) for run in record["in_run_samples_gbs"]]
         for key, name in (("bandwidth_gbs", "adjacent"), ("in_run_bandwidth_gbs", "in_run")):
             rates = record.get(key) or []
             if roofline_per_gbs and len(rates) == len(times):
@@ -136,17 +139,18 @@ def _number(value: float | None) -> str:
 def _cell_text(entry: dict | None, status: str = "—") -> str:
     if entry is None:
         return status
-    return f"{_number(entry['tokens_per_s'])}{_fractions_text(entry)} `{entry['variant']}`"
+    fractions = _fractions_text(entry)
+    return f"{_number(entry['tokens_per_s'])}{f' ({fractions})' if fractions else ''} `{entry['variant']}`"
 
 
 def _fractions_text(entry: dict) -> str:
-    """` (80% in run, 67% around)`, ` (67%)` or `` : the roofline fractions a decode record has."""
-    in_run, adjacent = entry.get("roofline_fraction_in_run"), entry.get("roofline_fraction_adjacent")
-    if in_run is not None:
-        return f" ({_percent(in_run)} in run" + (f", {_percent(adjacent)} around)" if adjacent is not None else ")")
-    if adjacent is not None:
-        return f" ({_percent(adjacent)} around)"
-    return f" ({_percent(entry['roofline_fraction'])})" if entry.get("roofline_fraction") is not None else ""
+    """`80% in run, 67% around`, `67% around`, `67%` or ``: the roofline fractions a decode record has."""
+    labelled = [f"{_percent(entry[key])} {label}" for key, label in
+                (("roofline_fraction_in_run", "in run"), ("roofline_fraction_adjacent", "around"))
+                if entry.get(key) is not None]
+    if labelled:
+        return ", ".join(labelled)
+    return _percent(entry["roofline_fraction"]) if entry.get("roofline_fraction") is not None else ""
 
 
 def _percent(fraction: float) -> str:
@@ -194,7 +198,7 @@ def variants_table(report: dict) -> str:
             runs = ", ".join(f"{t:.2f}" for t in r["times_s"])
             if r.get("compile_s") is not None:
                 runs += f" (compile ≈{r['compile_s']:.0f} s)"
-            roofline = _fractions_text(r).strip(" ()") or "—"
+            roofline = _fractions_text(r) or "—"
             steps = r.get("roofline_fraction_steps_in_run")
             steps = "—" if steps is None else _percent(steps)
             lines.append(f"| {cell['config']} | {cell['dtype']} | {r['workload']} | {IMPL_LABELS[r['impl']]} | "

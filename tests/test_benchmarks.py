@@ -187,11 +187,12 @@ def test_roofline_fractions_use_the_bandwidth_measured_around_each_run():
 
 
 def test_the_in_run_bandwidth_is_the_headline_fraction_where_sampled():
-    """The same two runs, whose in-run samples averaged 40 and 50 GB/s: fractions 1.25 and 0.5, median 0.875; the
-    probes around them still give 1.0, kept beside it."""
+    """The same two runs, whose in-run samples average (harmonically) 40 and 50 GB/s: fractions 1.25 and 0.5, median
+    0.875; the probes around them still give 1.0, kept beside it."""
     record = {"workload": "decode_b1", "variant": "sdpa+dynamic", "times_s": [2.0, 4.0], "bandwidth_gbs": [50.0, 25.0],
-              "in_run_bandwidth_gbs": [40.0, 50.0], "step_s": [0.02, 0.025]}
+              "in_run_samples_gbs": [[32.0, 53.333333333333336], [50.0]], "step_s": [0.02, 0.025]}
     summarize_measurement(record, tokens=100, roofline=100.0, roofline_per_gbs=1.0)
+    assert record["in_run_bandwidth_gbs"] == [pytest.approx(40.0), 50.0]
     assert record["roofline_fraction_in_run"] == record["roofline_fraction"] == pytest.approx(0.875)
     assert record["roofline_fraction_adjacent"] == pytest.approx(1.0)
     # the steps alone, prompt and first token left out: 50 tokens/s at 40 GB/s, 40 at 50 GB/s
