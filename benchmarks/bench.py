@@ -187,8 +187,8 @@ class CellRun:
                                    probe_bytes=self.in_run_probe_bytes if adjacent else 0)
             if adjacent and "seconds" in reply:
                 record["bandwidth_gbs"].append(max(before, adjacent()))
-            if reply.get("in_run_bandwidth_gbs"):
-                record["in_run_samples_gbs"].append(reply["in_run_bandwidth_gbs"])
+            if reply.get("in_run_samples_gbs"):
+                record["in_run_samples_gbs"].append(reply["in_run_samples_gbs"])
                 record["step_s"].append(reply["step_s"])
             if "error" in reply:
                 record["status"] = f"fails: {reply['error']}"

@@ -304,7 +304,7 @@ def variants_of(impl: str, kind: str, compile_decode: bool = False) -> tuple[str
 
 def measure(runner, workload: Workload, variant: str, warmup: bool = False, probe_bytes: int = 0) -> dict:
     """`seconds` of one run of `workload` (untimed set-up excluded) and, for a timed decode run with `probe_bytes`,
-    `in_run_bandwidth_gbs`, the probe rates sampled inside the run (`BandwidthSampler`; their time is not counted),
+    `in_run_samples_gbs`, the probe rates sampled inside the run (`BandwidthSampler`; their time is not counted),
     and `step_s`, the mean time of a decode step after the first token.
     A warm-up decode is short, except for compiled variants whose graphs depend on the cache length; training always
     takes one untimed step first, on a fresh optimizer that is dropped afterwards."""
@@ -321,7 +321,7 @@ def measure(runner, workload: Workload, variant: str, warmup: bool = False, prob
         seconds = time.perf_counter() - start
         if sampler is None:
             return {"seconds": seconds}
-        return {"seconds": seconds - sampler.seconds, "in_run_bandwidth_gbs": sampler.rates,
+        return {"seconds": seconds - sampler.seconds, "in_run_samples_gbs": sampler.rates,
                 "step_s": sampler.step_seconds}
     if workload.kind == "prefill":
         start = time.perf_counter()
