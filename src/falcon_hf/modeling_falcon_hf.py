@@ -30,11 +30,12 @@ logger = logging.get_logger(__name__)
 
 # The plugin's CPU decode kernels and huge-page weights. `trust_remote_code` copies of this file (another package) run
 # on F.linear alone and never import the plugin.
-small_batch_linear = traced_linear_applies = place_weights_on_huge_pages = None
+small_batch_linear = onednn_linear = traced_linear_applies = place_weights_on_huge_pages = None
 decode_attention = traced_attention_applies = None
 if __package__ == "falcon_hf":
     kernels = importlib.import_module("falcon_hf.kernels")
     small_batch_linear, place_weights_on_huge_pages = kernels.small_batch_linear, kernels.place_weights_on_huge_pages
+    onednn_linear = kernels.onednn_linear
     traced_linear_applies, decode_attention = kernels.traced_linear_applies, kernels.decode_attention
     traced_attention_applies = kernels.traced_attention_applies
 
@@ -95,17 +96,20 @@ def alibi_bias(slopes: torch.Tensor, allowed: torch.Tensor, scaling: float, dtyp
 
 
 class FalconHFLinear(nn.Linear):
-    """`nn.Linear` that runs CPU inference on 1-8 rows (a decode step) through falcon_hf's small-batch kernel.
+    """`nn.Linear` that runs CPU inference on 1-8 rows (a decode step) through falcon_hf's small-batch kernel, and
+    float32 CPU inference on more rows (prompts) through oneDNN (`falcon_hf.kernels.onednn`).
 
     Same parameters, state dict and module type as `nn.Linear` (peft, quantizers and hooks see a Linear); training,
     GPUs and unsupported dtypes take `F.linear`; compiled graphs call the kernel as the operator
-    `torch.ops.falcon_hf.small_batch_linear`. `FALCON_HF_CPU_KERNELS=0` turns the kernel off.
+    `torch.ops.falcon_hf.small_batch_linear`. `FALCON_HF_CPU_KERNELS=0` turns both routes off.
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if small_batch_linear is not None:
             if not torch.compiler.is_compiling():
                 output = small_batch_linear(input, self.weight, self.bias)
+                if output is None:
+                    output = onednn_linear(input, self.weight, self.bias)
                 if output is not None:
                     return output
             elif traced_linear_applies(input, self.weight):

@@ -109,8 +109,13 @@ def load() -> KernelLibrary:
     return library
 
 
+def disabled_by_environment() -> bool:
+    """Whether `FALCON_HF_CPU_KERNELS=0` (or false, no, off) turns falcon_hf's CPU kernels and routes off."""
+    return os.environ.get(DISABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def build_and_load() -> KernelLibrary:
-    if os.environ.get(DISABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if disabled_by_environment():
         return KernelLibrary.unavailable(f"disabled by {DISABLE_ENV}=0")
     flags = cpu_flags()
     if platform.machine() not in ("x86_64", "AMD64") or not FLOAT32_CPU_FLAGS <= flags:
