@@ -2,6 +2,7 @@
 saving, and `generate` moves them once."""
 
 import copy
+import gc
 import re
 
 import pytest
@@ -119,6 +120,29 @@ def test_moved_parameters_still_train_save_copy_and_share(tmp_path):
     for name, parameter in reloaded.named_parameters():
         assert torch.equal(parameter, model.get_parameter(name)), name
         assert torch.equal(copied.get_parameter(name), model.get_parameter(name)), name
+
+
+def mapped_files() -> set[str]:
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        return {fields[5].strip() for fields in (line.split(maxsplit=5) for line in maps) if len(fields) == 6}
+
+
+@needs_madvise
+def test_placing_a_loaded_checkpoint_lets_its_file_mapping_go(tmp_path):
+    """`from_pretrained` maps the safetensors file; once the large weights are placed, the small ones are copied out
+    of it too, so that the file is no longer mapped (and its pages no longer resident) while the values stay."""
+    large_model().save_pretrained(tmp_path)
+    checkpoint = str(next(tmp_path.glob("*.safetensors")).resolve())
+    model = FalconHFForCausalLM.from_pretrained(tmp_path).eval()
+    expected = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    if checkpoint not in mapped_files():
+        pytest.skip("this transformers/safetensors copied the checkpoint instead of mapping it")
+    assert place_weights_on_huge_pages(model) > 0
+    gc.collect()
+    assert checkpoint not in mapped_files()
+    for name, parameter in model.named_parameters():
+        assert torch.equal(parameter, expected[name]), name
+    assert huge_pages.copy_out_of_file_mappings(model) == 0  # nothing left inside a file
 
 
 @needs_madvise

@@ -142,6 +142,8 @@ def test_small_batch_linear_declines_what_it_does_not_handle():
         assert small_batch_linear(*arguments) is None, what
     trained = torch.nn.Parameter(weight.clone())
     assert small_batch_linear(x, trained, bias) is None  # autograd must see F.linear
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert small_batch_linear(x, weight, bias) is None  # F.linear gives autocast's bfloat16
     with torch.no_grad():
         assert small_batch_linear(x, trained, bias) is not None
 

@@ -64,6 +64,8 @@ def test_declines_what_it_does_not_handle():
         assert onednn_linear(x, trained, bias) is not None
     with torch.backends.mkldnn.flags(enabled=False):
         assert onednn_linear(x, weight, bias) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert onednn_linear(x, weight, bias) is None  # F.linear gives autocast's bfloat16
 
 
 def test_the_kernel_switch_turns_it_off(monkeypatch):
@@ -94,3 +96,14 @@ def test_prompts_take_it_at_inference_only(tiny_model, monkeypatch):
     tiny_model(input_ids, labels=input_ids).loss.backward()
     assert taken and not any(taken)
     assert all(weight.grad is not None for weight in tiny_model.parameters())
+
+
+def test_autocast_keeps_its_precision(tiny_model, monkeypatch):
+    """Under CPU autocast both falcon_hf routes step aside: the logits are those of autocast's bfloat16 `F.linear`."""
+    input_ids = torch.arange(5, 17)[None]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = tiny_model(input_ids).logits
+        decode_logits = tiny_model(input_ids[:, :1]).logits
+        monkeypatch.setattr(modeling, "small_batch_linear", None)
+        torch.testing.assert_close(logits, tiny_model(input_ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(decode_logits, tiny_model(input_ids[:, :1]).logits, rtol=0, atol=0)

@@ -11,7 +11,8 @@ def enable_compiled_decoding(model: PreTrainedModel, **compile_options) -> PreTr
     per shape (batch, cache length) compiles, 15-30 s on a CPU; `generate(..., disable_compile=True)` skips it for one
     call. `compile_options` are `CompileConfig`'s (`fullgraph`, `mode`, `dynamic`, `backend`, `options`); the defaults
     here are `fullgraph=True` and inductor's `mode="default"` (transformers' default, `"reduce-overhead"`, means CUDA
-    graphs), or no mode when `options` are given (torch takes one or the other). Returns `model`.
+    graphs), or no mode when `options` are given (torch takes one or the other; `options={"cpp_wrapper": True}`
+    writes the graph's wrapper in C++: ~2% faster 1.31B steps on CPU, compiles ~1.7x longer). Returns `model`.
 
     Example:
 

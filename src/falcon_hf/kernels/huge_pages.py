@@ -67,7 +67,10 @@ def place_weights_on_huge_pages(module: nn.Module) -> int:
 
     Does nothing where `huge_pages_wanted()` is False, and skips parameters that are not plain dense CPU tensors
     (meta, offloaded, quantized, DTensor) or that already sit where it put them. Runs outside inference mode, so the
-    moved parameters stay trainable.
+    moved parameters stay trainable. When something moved, the smaller parameters still inside a memory-mapped file
+    (a safetensors checkpoint `from_pretrained` mapped) are copied to ordinary memory too: any one of them keeps the
+    whole mapping, and with it every page of the checkpoint read so far, resident (1.31B float32: 10.5 GB resident
+    after placing, 5.5 GB with them copied).
 
     Example:
 
@@ -98,9 +101,42 @@ def place_weights_on_huge_pages(module: nn.Module) -> int:
             parameter.data = copy_to_huge_pages(data)
             setattr(parameter, PLACED, parameter.data_ptr())
             moved += nbytes
+        if moved:
+            copy_out_of_file_mappings(module)
     if moved:
         logger.info(f"falcon_hf: moved {moved / 2**20:.0f} MiB of CPU weights onto 2 MiB pages ({DISABLE_ENV}=0: off)")
     return moved
+
+
+def copy_out_of_file_mappings(module: nn.Module) -> int:
+    """Copy `module`'s plain CPU parameters that live in a file mapping (see `file_mappings`) to ordinary memory;
+    returns how many moved."""
+    mappings = file_mappings()
+    moved = 0
+    for parameter in module.parameters():
+        data = parameter.data
+        if type(parameter) is not nn.Parameter or type(data) is not torch.Tensor or not data.is_cpu:
+            continue
+        if data.layout is torch.strided and data.numel() and any(start <= data.data_ptr() < end for start, end in mappings):
+            parameter.data = data.clone()
+            moved += 1
+    return moved
+
+
+def file_mappings() -> list[tuple[int, int]]:
+    """(start, end) addresses of this process' memory mappings backed by a file, from /proc/self/maps (none where
+    it cannot be read)."""
+    mappings = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].startswith("/"):
+                    start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                    mappings.append((start, end))
+    except OSError:
+        pass
+    return mappings
 
 
 def move_weights_off_huge_pages(module: nn.Module) -> int:

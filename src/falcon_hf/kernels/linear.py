@@ -20,8 +20,9 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     """`F.linear(x, weight, bias)` computed by the small-batch kernel, or None where that kernel does not apply.
 
     It applies to float32 CPU tensors of 1 to 8 rows of `x` (its leading dimensions multiplied) and bfloat16 ones of 1
-    to 8 (16 on AMX), a contiguous (out, in) weight and bias of the same dtype, and no gradient to record; the caller
-    falls back to `F.linear` on None. Called once per linear layer per decode step, so the checks stay cheap.
+    to 8 (16 on AMX), a contiguous (out, in) weight and bias of the same dtype, no gradient to record and no CPU
+    autocast; the caller falls back to `F.linear` on None. Called once per linear layer per decode step, so the checks
+    stay cheap.
     """
     dtype = x.dtype
     if (dtype is not torch.float32 and dtype is not torch.bfloat16) or not x.is_cpu or x.dim() == 0:
@@ -30,13 +31,15 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if not rows:
         return None  # checked first: prefill and training batches leave here
     in_features = x.shape[-1]
-    if not _plain(weight, dtype) or weight.dim() != 2 or weight.shape[1] != in_features:
+    if not plain_contiguous(weight, dtype) or weight.dim() != 2 or weight.shape[1] != in_features:
         return None
     out_features = weight.shape[0]
-    if bias is not None and not (_plain(bias, dtype) and bias.shape == (out_features,)):
+    if bias is not None and not (plain_contiguous(bias, dtype) and bias.shape == (out_features,)):
         return None
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
         return None
+    if torch.is_autocast_enabled("cpu"):
+        return None  # autocast's F.linear computes in its lower precision
     library = load()
     if dtype is torch.float32:
         function = library.library.falcon_hf_linear_f32 if library.float32 else None
@@ -78,7 +81,7 @@ def decode_rows(x: torch.Tensor) -> int:
     return rows if 0 < rows <= (MAX_ROWS if x.dtype is torch.float32 else AMX_MAX_ROWS) else 0
 
 
-def _plain(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
+def plain_contiguous(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
     """A dense, contiguous CPU tensor of `dtype` whose data pointer is all it holds."""
     return (
         type(tensor) in PLAIN_TENSOR_TYPES
@@ -106,7 +109,7 @@ def traced_linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     trace fixes anyway (dtypes, devices, shapes, tensor types, grad mode); the operator checks the rest at run time."""
     if not x.is_cpu or x.dim() == 0 or torch.is_grad_enabled() or not kernel_runs(x.dtype):
         return False
-    return decode_rows(x) > 0 and _plain(weight, x.dtype)
+    return decode_rows(x) > 0 and plain_contiguous(weight, x.dtype)
 
 
 @torch.compiler.assume_constant_result

@@ -12,24 +12,26 @@ import functools
 import torch
 
 from .build import disabled_by_environment
-from .linear import _plain
+from .linear import plain_contiguous
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
     """`F.linear(x, weight, bias)` computed by oneDNN, or None where that does not apply.
 
     It applies to float32 CPU tensors with at least one row, a contiguous (out, in) weight and bias of that dtype, no
-    gradient to record, in a torch built with oneDNN that has it enabled (`torch.backends.mkldnn`), unless
-    `FALCON_HF_CPU_KERNELS=0`; the caller falls back to `F.linear` on None.
+    gradient to record and no CPU autocast, in a torch built with oneDNN that has it enabled
+    (`torch.backends.mkldnn`), unless `FALCON_HF_CPU_KERNELS=0`; the caller falls back to `F.linear` on None.
     """
     if x.dtype is not torch.float32 or not x.is_cpu or x.dim() == 0 or not x.numel() or not onednn_runs():
         return None
-    if not _plain(weight, torch.float32) or weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+    if not plain_contiguous(weight, torch.float32) or weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
         return None
-    if bias is not None and not (_plain(bias, torch.float32) and bias.shape == (weight.shape[0],)):
+    if bias is not None and not (plain_contiguous(bias, torch.float32) and bias.shape == (weight.shape[0],)):
         return None
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
         return None
+    if torch.is_autocast_enabled("cpu"):
+        return None  # autocast's F.linear computes in its lower precision
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
