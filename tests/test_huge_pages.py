@@ -145,6 +145,15 @@ def test_placing_a_loaded_checkpoint_lets_its_file_mapping_go(tmp_path):
     assert huge_pages.copy_out_of_file_mappings(model) == 0  # nothing left inside a file
 
 
+def test_paging_out_keeps_the_values():
+    """`page_out` is a reclaim hint: ordinary memory (an unaligned view, a dirty page) reads back the same."""
+    tensor = torch.randn(3 * MIB // 4 + 5)
+    expected = tensor.clone()
+    view = tensor[3:]
+    huge_pages.page_out(view.data_ptr(), view.numel() * view.element_size())
+    assert torch.equal(tensor, expected)
+
+
 @needs_madvise
 def test_generate_moves_the_weights_and_gives_the_same_tokens(monkeypatch):
     ids = torch.randint(0, 4096, (1, 6))
