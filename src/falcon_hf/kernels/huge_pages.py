@@ -104,28 +104,33 @@ def place_weights_on_huge_pages(module: nn.Module) -> int:
             parameter.data = copy_to_huge_pages(data)
             setattr(parameter, PLACED, parameter.data_ptr())
             moved += nbytes
-            if any(start <= data.data_ptr() < end for start, end in mappings):
+            if in_file_mapping(data, mappings):
                 page_out(data.data_ptr(), nbytes)  # the checkpoint's pages just read, so they do not add up
         if moved:
-            copy_out_of_file_mappings(module)
+            copy_out_of_file_mappings(module, mappings)
     if moved:
         logger.info(f"falcon_hf: moved {moved / 2**20:.0f} MiB of CPU weights onto 2 MiB pages ({DISABLE_ENV}=0: off)")
     return moved
 
 
-def copy_out_of_file_mappings(module: nn.Module) -> int:
-    """Copy `module`'s plain CPU parameters that live in a file mapping (see `file_mappings`) to ordinary memory;
-    returns how many moved."""
-    mappings = file_mappings()
+def copy_out_of_file_mappings(module: nn.Module, mappings: list[tuple[int, int]] | None = None) -> int:
+    """Copy `module`'s plain CPU parameters that live in a file mapping (`mappings`, by default `file_mappings()`) to
+    ordinary memory; returns how many moved."""
+    mappings = file_mappings() if mappings is None else mappings
     moved = 0
     for parameter in module.parameters():
         data = parameter.data
         if type(parameter) is not nn.Parameter or type(data) is not torch.Tensor or not data.is_cpu:
             continue
-        if data.layout is torch.strided and data.numel() and any(start <= data.data_ptr() < end for start, end in mappings):
+        if data.layout is torch.strided and data.numel() and in_file_mapping(data, mappings):
             parameter.data = data.clone()
             moved += 1
     return moved
+
+
+def in_file_mapping(tensor: torch.Tensor, mappings: list[tuple[int, int]]) -> bool:
+    """Whether `tensor`'s data starts inside one of `mappings` (`file_mappings()`)."""
+    return any(start <= tensor.data_ptr() < end for start, end in mappings)
 
 
 def page_out(address: int, nbytes: int) -> None:
