@@ -30,16 +30,9 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     rows = decode_rows(x)
     if not rows:
         return None  # checked first: prefill and training batches leave here
-    in_features = x.shape[-1]
-    if not plain_contiguous(weight, dtype) or weight.dim() != 2 or weight.shape[1] != in_features:
+    if not inference_operands(x, weight, bias):
         return None
-    out_features = weight.shape[0]
-    if bias is not None and not (plain_contiguous(bias, dtype) and bias.shape == (out_features,)):
-        return None
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
-        return None
-    if torch.is_autocast_enabled("cpu"):
-        return None  # autocast's F.linear computes in its lower precision
+    out_features, in_features = weight.shape
     library = load()
     if dtype is torch.float32:
         function = library.library.falcon_hf_linear_f32 if library.float32 else None
@@ -79,6 +72,20 @@ def decode_rows(x: torch.Tensor) -> int:
     in_features = x.shape[-1]
     rows = x.numel() // in_features if in_features else 0
     return rows if 0 < rows <= (MAX_ROWS if x.dtype is torch.float32 else AMX_MAX_ROWS) else 0
+
+
+def inference_operands(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether `F.linear(x, weight, bias)` may run outside torch's kernels: a contiguous (out, in) weight and a bias
+    of `x`'s dtype that fit `x`, no gradient to record, and no CPU autocast (whose `F.linear` computes in its lower
+    precision). Shared by the small-batch kernel and the oneDNN route."""
+    dtype = x.dtype
+    if not plain_contiguous(weight, dtype) or weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+        return False
+    if bias is not None and not (plain_contiguous(bias, dtype) and bias.shape == (weight.shape[0],)):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+        return False
+    return not torch.is_autocast_enabled("cpu")
 
 
 def plain_contiguous(tensor: torch.Tensor, dtype: torch.dtype) -> bool:

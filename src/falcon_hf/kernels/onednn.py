@@ -12,7 +12,7 @@ import functools
 import torch
 
 from .build import disabled_by_environment
-from .linear import plain_contiguous
+from .linear import inference_operands
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -24,14 +24,8 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """
     if x.dtype is not torch.float32 or not x.is_cpu or x.dim() == 0 or not x.numel() or not onednn_runs():
         return None
-    if not plain_contiguous(weight, torch.float32) or weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+    if not inference_operands(x, weight, bias):
         return None
-    if bias is not None and not (plain_contiguous(bias, torch.float32) and bias.shape == (weight.shape[0],)):
-        return None
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
-        return None
-    if torch.is_autocast_enabled("cpu"):
-        return None  # autocast's F.linear computes in its lower precision
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
